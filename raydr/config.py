@@ -1,0 +1,212 @@
+"""Strict YAML configs: pydantic models per section, ``key=value`` overrides, friendly errors.
+
+Every section forbids unknown keys, so a typo is an error that names the key and suggests the
+closest valid one instead of being silently ignored. Relative paths are relative to the
+directory the command runs in (jobs are launched from the repository root).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from raydr.errors import RaydrError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_METRICS = ["nDCG@10", "RR@10", "R@100", "R@1000", "AP"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The dual encoder."""
+
+    name: str = Field(DEFAULT_MODEL, description="packaged MiniLM, a local path, or a hub name")
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    shared: bool = Field(True, description="one tower for queries and passages")
+    query_max_length: PositiveInt = 64
+    passage_max_length: PositiveInt = 256
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto = bf16 where the CPU/GPU supports it"
+    )
+
+
+class DataConfig(Section):
+    """An imported dataset (``raydr import-beir``)."""
+
+    path: Path
+    split: str = "test"
+
+
+class IndexConfig(Section):
+    backend: Literal["faiss", "hnswlib"] = "faiss"
+    faiss_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    nlist: PositiveInt = 1024
+    nprobe: PositiveInt = 32
+    hnsw_m: PositiveInt = 32
+    ef_construction: PositiveInt = 200
+    ef_search: PositiveInt = 256
+    use_gpu: Literal["auto", "yes", "no"] = Field(
+        "auto", description="faiss on GPU when faiss.get_num_gpus() > 0"
+    )
+
+
+class EvalConfig(Section):
+    depth: PositiveInt = Field(1000, description="documents retrieved per query")
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    primary_metric: str = "nDCG@10"
+    batch_size: PositiveInt = 64
+    # BEIR's evaluator drops a retrieved doc whose id equals the query id; MTEB does the same.
+    ignore_identical_ids: bool = True
+    write_run: bool = True
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_measures(cls, value: list[str]) -> list[str]:
+        from raydr.validation.metrics import check_measures
+
+        check_measures(value)
+        return value
+
+    @model_validator(mode="after")
+    def _primary_is_computed(self) -> EvalConfig:
+        if self.primary_metric not in self.metrics:
+            raise ValueError(
+                f"primary_metric {self.primary_metric!r} is not among metrics {self.metrics}"
+            )
+        return self
+
+
+class BM25Config(Section):
+    k1: float = Field(1.5, gt=0)
+    b: float = Field(0.75, ge=0, le=1)
+    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
+    stemmer: Literal["english", "none"] = "english"
+    stopwords: Literal["en", "none"] = "en"
+
+
+class RaydrConfig(Section):
+    """A whole job. Sections grow with the training, validation and tuning engines."""
+
+    name: str = "raydr"
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    bm25: BM25Config = Field(default_factory=BM25Config)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            where = ".".join(keys[: i + 1])
+            raise RaydrError(f"{source}: cannot set {dotted!r}: {where!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["model.pooling=cls", "eval.depth=100"]`` → ``[("model.pooling", "cls"), ...]``.
+
+    Values are parsed as YAML scalars/lists so ``x=3``, ``x=true`` and ``x=[a, b]`` get types.
+    """
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise RaydrError(f"override {item!r}: expected key=value, e.g. model.pooling=cls")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key, value))
+    return parsed
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the section that holds ``loc`` (for did-you-mean suggestions)."""
+    model: type[BaseModel] = RaydrConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(err: dict[str, Any], overridden: set[str]) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    origin = " (from a command-line override)" if dotted in overridden else ""
+    if err["type"] == "extra_forbidden":
+        valid = _section_fields(loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{dotted}: unknown key{origin}{hint} (valid keys: {', '.join(valid)})"
+    if err["type"] == "missing":
+        return f"{dotted}: required field is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{dotted}: {msg}{shown}{origin}"
+
+
+def build(tree: dict[str, Any], source: str, overridden: set[str] = frozenset()) -> RaydrConfig:
+    """Validate a plain dict into a config, turning pydantic's errors into one RaydrError."""
+    try:
+        return RaydrConfig.model_validate(tree)
+    except ValidationError as exc:
+        lines = [_describe(e, set(overridden)) for e in exc.errors()]
+        raise RaydrError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RaydrConfig:
+    """Read a YAML job file, apply ``key=value`` overrides, validate strictly."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RaydrError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RaydrError(f"{path}: cannot read config ({exc})") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RaydrError(f"{path}{where}: YAML syntax error: {problem}") from None
+    if not isinstance(tree, dict):
+        raise RaydrError(f"{path}: expected a mapping of sections at the top level")
+    pairs = parse_overrides(overrides or [])
+    for key, value in pairs:
+        _set_dotted(tree, key, value, str(path))
+    return build(tree, str(path), {k for k, _ in pairs})

@@ -1,0 +1,80 @@
+"""Readers for a dataset imported by ``raydr import-beir`` (see ``raydr.data.beir``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raydr.data.schema import CORPUS, QRELS, QUERIES, SCHEMA_VERSION, conform
+from raydr.errors import RaydrError
+
+
+def load_corpus(root: Path | str) -> pa.Table:
+    """The corpus table: ``doc_id``, ``title`` ("" when none), ``text``."""
+    _manifest(root)
+    return _read(Path(root) / "corpus.parquet", CORPUS)
+
+
+def load_queries(root: Path | str) -> pa.Table:
+    """All queries (``query_id``, ``text``), including those without qrels."""
+    _manifest(root)
+    return _read(Path(root) / "queries.parquet", QUERIES)
+
+
+def load_qrels(root: Path | str, split: str) -> dict[str, dict[str, int]]:
+    """Relevance judgements of ``split``: query_id -> {doc_id: relevance}."""
+    available = splits(root)
+    if split not in available:
+        raise RaydrError(f"{root}: no qrels split {split!r} (available: {', '.join(available)})")
+    table = _read(Path(root) / "qrels" / f"{split}.parquet", QRELS)
+    qrels: dict[str, dict[str, int]] = {}
+    for query_id, doc_id, relevance in zip(*table.to_pydict().values(), strict=True):
+        qrels.setdefault(query_id, {})[doc_id] = relevance
+    return qrels
+
+
+def splits(root: Path | str) -> list[str]:
+    """The qrels splits of the dataset, sorted (e.g. ``["dev", "test", "train"]``)."""
+    return sorted(_manifest(root)["splits"])
+
+
+def _manifest(root: Path | str) -> dict[str, Any]:
+    root = Path(root)
+    path = root / "manifest.json"
+    if not path.is_file():
+        if any((root / name).is_file() for name in ("corpus.jsonl", "corpus.jsonl.gz")):
+            raise RaydrError(
+                f"{root}: a raw BEIR directory, not an imported dataset;"
+                f" run `raydr import-beir {root} OUT` first and use OUT"
+            )
+        raise RaydrError(
+            f"{root}: not an imported raydr dataset (no manifest.json);"
+            " create one with `raydr import-beir SRC OUT`"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RaydrError(f"{path}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise RaydrError(f"{path}: not a raydr manifest (expected an object with 'splits')")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RaydrError(
+            f"{path}: schema_version {version!r}, expected {SCHEMA_VERSION};"
+            " re-import with `raydr import-beir --overwrite`"
+        )
+    return manifest
+
+
+def _read(path: Path, schema: pa.Schema) -> pa.Table:
+    if not path.is_file():
+        raise RaydrError(f"{path}: missing; the dataset is incomplete, re-import it")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise RaydrError(f"{path}: unreadable Parquet ({err})") from None
+    return conform(table, schema, str(path))

@@ -1,0 +1,68 @@
+"""IR metrics through ir-measures (trec_eval semantics). No metric maths is written here.
+
+``score`` returns a flat ``{name: value}`` dict keyed by the measure names as the user wrote
+them (``nDCG@10``), so the validator's primary metric and Tune's ``metric`` share one name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from raydr.errors import RaydrError
+
+Qrels = Mapping[str, Mapping[str, int]]  # query_id -> {doc_id: relevance}
+Run = Mapping[str, Mapping[str, float]]  # query_id -> {doc_id: score}
+
+
+def check_measures(names: Iterable[str]) -> list:
+    """Parse measure names with ir-measures; an unknown name is a ValueError naming it."""
+    import ir_measures
+
+    parsed = []
+    for name in names:
+        try:
+            parsed.append(ir_measures.parse_measure(name))
+        except (ValueError, NameError, SyntaxError, TypeError, AttributeError):
+            raise ValueError(
+                f"unknown IR measure {name!r} (ir-measures names, e.g. nDCG@10, RR@10, R@100, AP)"
+            ) from None
+    return parsed
+
+
+def drop_identical_ids(run: Run) -> dict[str, dict[str, float]]:
+    """BEIR/MTEB convention: a document whose id equals the query id is not a result."""
+    return {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
+
+
+def score(qrels: Qrels, run: Run, measures: list[str]) -> dict[str, float]:
+    """Mean of each measure over the queries in ``qrels`` (trec_eval semantics).
+
+    Queries in ``qrels`` that are missing from ``run`` count as zero, as in ``trec_eval -c``,
+    so a validator that loses queries cannot look better than it is.
+    """
+    import ir_measures
+
+    if not qrels:
+        raise RaydrError("no judged queries to score (qrels are empty)")
+    parsed = check_measures(measures)
+    full_run = {q: dict(run.get(q, {})) for q in qrels}
+    per_query = {str(m): [] for m in parsed}
+    for metric in ir_measures.iter_calc(parsed, qrels, full_run):
+        per_query[str(metric.measure)].append((metric.query_id, metric.value))
+    out = {}
+    for name, m in zip(measures, parsed, strict=True):
+        values = dict(per_query[str(m)])
+        # ir-measures omits queries with an empty run; trec_eval -c scores them 0.
+        out[name] = sum(values.get(q, 0.0) for q in qrels) / len(qrels)
+    return out
+
+
+def write_trec_run(path, run: Run, tag: str = "raydr") -> None:
+    """Write a TREC run file atomically, ranks by descending score."""
+    from raydr.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for qid in sorted(run):
+            ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))
+            for rank, (did, s) in enumerate(ranked, start=1):
+                fh.write(f"{qid} Q0 {did} {rank} {s:.6f} {tag}\n")

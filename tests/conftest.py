@@ -1,0 +1,106 @@
+"""Shared fixtures: a tiny randomly initialised BERT saved to disk, and a tiny BEIR dataset."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with a 200-word WordPiece vocab, saved in HF format."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    words = sorted({w for text in _TOPIC_WORDS.values() for w in text.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(out)
+    return out
+
+
+# Five topics with disjoint vocabularies: lexical (BM25) retrieval is easy and checkable.
+_TOPIC_WORDS = {
+    "bio": "cell protein gene enzyme membrane receptor mitochondria",
+    "astro": "star galaxy planet orbit nebula comet telescope",
+    "geo": "rock mineral volcano basalt granite sediment quartz",
+    "code": "compiler function pointer kernel thread mutex cache",
+    "food": "bread cheese tomato pepper garlic olive butter",
+}
+
+
+def write_beir(root: Path, *, docs_per_topic: int = 8, seed: int = 0, gz: bool = False) -> Path:
+    """A small BEIR folder: one query per topic, its first two docs judged relevant."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    corpus, queries, qrels = [], [], []
+    for t, (topic, words) in enumerate(_TOPIC_WORDS.items()):
+        vocab = words.split()
+        for i in range(docs_per_topic):
+            doc_id = f"{topic}-{i}"
+            text = " ".join(rng.choice(vocab) for _ in range(12))
+            corpus.append(
+                {
+                    "_id": doc_id,
+                    "title": f"{topic} {vocab[i % len(vocab)]}",
+                    "text": text,
+                    "metadata": {},
+                }
+            )
+        queries.append({"_id": f"q{t}", "text": " ".join(vocab[:3])})
+        qrels += [(f"q{t}", f"{topic}-0", 1), (f"q{t}", f"{topic}-1", 1)]
+    suffix = ".jsonl.gz" if gz else ".jsonl"
+    for name, rows in (("corpus", corpus), ("queries", queries)):
+        with (gzip.open if gz else open)(root / f"{name}{suffix}", "wt", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+    (root / "qrels").mkdir(exist_ok=True)
+    with open(root / "qrels" / "test.tsv", "w", encoding="utf-8") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        fh.writelines(f"{q}\t{d}\t{s}\n" for q, d, s in qrels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_beir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_beir(tmp_path_factory.mktemp("beir") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_beir`` imported to Parquet."""
+    from raydr.data.beir import import_beir
+
+    out = tmp_path_factory.mktemp("imported") / "tiny"
+    import_beir(tiny_beir, out)
+    return out

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raydr import config
+from raydr.errors import RaydrError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  path: some/dir\nmodel:\n  pooling: cls\n")
+    cfg = config.load(
+        path, ["eval.depth=100", "model.normalize=false", "eval.metrics=[nDCG@10, AP]"]
+    )
+    assert cfg.model.pooling == "cls"
+    assert cfg.model.normalize is False
+    assert cfg.eval.depth == 100
+    assert cfg.eval.metrics == ["nDCG@10", "AP"]
+    assert cfg.data.path == Path("some/dir")
+    assert cfg.model.passage_max_length == 256  # untouched default
+
+
+def test_unknown_key_suggests_closest(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  path: x\nmodel:\n  poolng: cls\n")
+    with pytest.raises(RaydrError) as err:
+        config.load(path)
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "model.poolng: unknown key" in msg
+    assert "did you mean 'pooling'" in msg
+
+
+def test_unknown_override_key_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  path: x\n")
+    with pytest.raises(
+        RaydrError,
+        match=r"eval\.dept: unknown key \(from a command-line override\); did you mean 'depth'",
+    ):
+        config.load(path, ["eval.dept=5"])
+
+
+def test_type_error_names_field_and_type(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  path: x\nmodel:\n  query_max_length: lots\n")
+    with pytest.raises(
+        RaydrError, match=r"model\.query_max_length: Input should be a valid integer.*'lots'"
+    ):
+        config.load(path)
+
+
+def test_bad_literal_and_missing_section(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model:\n  pooling: max\n")
+    with pytest.raises(RaydrError) as err:
+        config.load(path)
+    assert "model.pooling: Input should be 'mean' or 'cls'" in str(err.value)
+    assert "data: required field is missing" in str(err.value)
+
+
+def test_unknown_metric_and_primary_metric(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  path: x\neval:\n  metrics: [nDCG@10, Bogus@3]\n")
+    with pytest.raises(RaydrError, match=r"eval\.metrics: unknown IR measure 'Bogus@3'"):
+        config.load(path)
+    with pytest.raises(RaydrError, match="primary_metric 'AP' is not among metrics"):
+        config.load(
+            _write(
+                tmp_path, "data:\n  path: x\neval:\n  metrics: [nDCG@10]\n  primary_metric: AP\n"
+            )
+        )
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  path: x\nmodel: [unclosed\n")
+    with pytest.raises(RaydrError, match=rf"{path}:\d+: YAML syntax error"):
+        config.load(path)
+
+
+def test_missing_file_and_bad_override_syntax(tmp_path: Path) -> None:
+    with pytest.raises(RaydrError, match="config file not found"):
+        config.load(tmp_path / "nope.yaml")
+    path = _write(tmp_path, "data:\n  path: x\n")
+    with pytest.raises(RaydrError, match="expected key=value"):
+        config.load(path, ["model.pooling"])
+    with pytest.raises(RaydrError, match=r"'data\.path' is not a section"):
+        config.load(path, ["data.path.x=1"])
+
+
+def test_every_shipped_job_validates() -> None:
+    jobs = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
+    assert jobs, "jobs/ holds no YAML"
+    for job in jobs:
+        first = job.read_text().splitlines()[0]
+        assert first.startswith("# ") and "raydr " in first, (
+            f"{job.name}: must open with its launch command"
+        )
+        config.load(job)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from raydr.config import ModelConfig
+from raydr.model.encoder import DualEncoder
+from raydr.model.pooling import mean_pool
+from raydr.retrieval.encode import batches, encode, tokenize
+
+TEXTS = [
+    "cell protein",
+    "star galaxy planet orbit nebula comet",
+    "rock",
+    "bread cheese tomato pepper",
+] * 5
+
+
+def test_mean_pool_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(mean_pool(hidden, mask), torch.tensor([[2.0, 2.0]]))
+
+
+def test_bucketed_encoding_equals_unbucketed(tiny_model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = DualEncoder.from_config(ModelConfig(name=str(tiny_model_dir))).eval()
+    ids = tokenize(tok, TEXTS, max_length=16)
+    a = encode(model.encode_passages, ids, pad_id=tok.pad_token_id, batch_size=3, bucket=True)
+    b = encode(model.encode_passages, ids, pad_id=tok.pad_token_id, batch_size=3, bucket=False)
+    one = encode(model.encode_passages, ids, pad_id=tok.pad_token_id, batch_size=1)
+    assert a.shape == (len(TEXTS), 32)
+    # Padding and re-ordering must not change any embedding.
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, one, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+
+
+def test_bf16_close_to_fp32(tiny_model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = DualEncoder.from_config(ModelConfig(name=str(tiny_model_dir))).eval()
+    ids = tokenize(tok, TEXTS, max_length=16)
+    a = encode(model.encode_passages, ids, pad_id=0, dtype=torch.float32)
+    b = encode(model.encode_passages, ids, pad_id=0, dtype=torch.bfloat16)
+    assert np.min(np.sum(a * b, axis=1)) > 0.99
+
+
+def test_batches_sort_longest_first() -> None:
+    plan = batches(np.array([3, 9, 1, 7]), batch_size=2)
+    assert [list(b) for b in plan] == [[1, 3], [0, 2]]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_save_and_reload_roundtrip(tiny_model_dir: Path, tmp_path: Path, shared: bool) -> None:
+    cfg = ModelConfig(name=str(tiny_model_dir), shared=shared, pooling="cls", normalize=False)
+    model = DualEncoder.from_config(cfg).eval()
+    assert model.shared is shared
+    ids = torch.tensor([[2, 7, 9, 3]])
+    mask = torch.ones_like(ids)
+    model.save_pretrained(tmp_path / "saved")
+    again = DualEncoder.from_config(cfg, str(tmp_path / "saved")).eval()
+    assert again.shared is shared
+    with torch.no_grad():
+        assert torch.allclose(model.encode_queries(ids, mask), again.encode_queries(ids, mask))
+        assert torch.allclose(model.encode_passages(ids, mask), again.encode_passages(ids, mask))
