@@ -1,0 +1,56 @@
+"""Rank, world size and gathers that work the same with and without torch.distributed.
+
+Single-process code (tests, evaluation, a laptop run) never initialises a process group;
+every helper here then acts as if it were rank 0 of a world of size 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a default process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """This process's rank; 0 when not distributed."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes; 1 when not distributed."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, in rank order. (N, ...) → (W*N, ...).
+
+    Every rank must pass the same shape. Gradients flow back to each rank's own ``x``: the
+    backward sums, over all ranks, the gradient that lands on this rank's slice. The identity
+    (same tensor, same graph) when not distributed or with world size 1.
+    """
+    if get_world_size() == 1:
+        return x
+    # torch.distributed.nn's all_gather is autograd-aware (plain dist.all_gather detaches);
+    # its backward is a reduce-scatter (all-to-all + sum on gloo).
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def all_gather_sizes(sizes: tuple[int, ...], device: torch.device) -> list[tuple[int, ...]]:
+    """Every rank's ``sizes``, in rank order; ``[sizes]`` when not distributed.
+
+    A cheap collective for checking that ranks agree on shapes *before* a gather whose
+    mismatched shapes would fail obscurely or hang. ``device`` must suit the backend
+    (CUDA for NCCL).
+    """
+    if get_world_size() == 1:
+        return [tuple(sizes)]
+    local = torch.tensor(sizes, dtype=torch.long, device=device)
+    out = [torch.empty_like(local) for _ in range(get_world_size())]
+    dist.all_gather(out, local)
+    return [tuple(t.tolist()) for t in out]
