@@ -6,8 +6,16 @@ every helper here then acts as if it were rank 0 of a world of size 1.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
+
+# torch marks this all_gather deprecated in favour of a private _functional_collectives API;
+# it is still the public autograd-aware gather, so keep it and spare every worker the warning.
+warnings.filterwarnings(
+    "ignore", message=r"torch\.distributed\.nn\.functional\.all_gather", category=FutureWarning
+)
 
 
 def is_distributed() -> bool:

@@ -109,6 +109,22 @@ class DualEncoder(nn.Module):
         tower = self.query_tower if self.passage_tower is None else self.passage_tower
         return self._embed(tower, input_ids, attention_mask)
 
+    def forward(
+        self,
+        query_ids: torch.Tensor,
+        query_mask: torch.Tensor,
+        passage_ids: torch.Tensor,
+        passage_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sides in one call, so a DDP wrapper sees (and syncs) every parameter use.
+
+        (B, Lq) and (B*G, Lp) → queries (B, D), passages (B*G, D).
+        """
+        return (
+            self.encode_queries(query_ids, query_mask),
+            self.encode_passages(passage_ids, passage_mask),
+        )
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Hugging Face layout: shared → the folder itself; two towers → query/ and passage/."""
         directory = Path(directory)

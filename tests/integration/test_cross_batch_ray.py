@@ -1,0 +1,165 @@
+"""Cross-batch InfoNCE on a real 2-worker Ray Train run equals one process with the whole batch.
+
+2 workers × B queries (each with a positive and 2 hard negatives) must give the same loss and
+the same DDP-averaged gradients as 1 process × 2B. Hard negatives matter: a gather-order bug
+that only shuffles passages *between* groups is invisible when every group is one positive.
+One `fit()` runs every scenario (Train's worker group costs ~25 s to start and stop).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from raydr.config import ModelConfig
+from raydr.losses import InfoNCELoss
+from raydr.model.encoder import DualEncoder
+
+ray = pytest.importorskip("ray")
+
+# The test folder is not importable in Ray workers: ship this module's code by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.ray
+
+WORKERS, B, G = 2, 3, 3  # G = positive + 2 hard negatives
+TOL = 1e-5
+
+
+class _Pair(nn.Module):
+    """One forward for both sides, so DDP sees (and syncs) every use of the weights."""
+
+    def __init__(self, encoder: DualEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ q (B, D), p (B*G, D)."""
+        q = self.encoder.encode_queries(batch["q_ids"], batch["q_mask"])
+        p = self.encoder.encode_passages(batch["p_ids"], batch["p_mask"])
+        return q, p
+
+
+def _model(model_dir: str) -> _Pair:
+    torch.manual_seed(0)  # loading is deterministic already; the seed guards any fresh init
+    # eval(): no dropout (the tiny BERT keeps the default 0.1), so runs are comparable exactly.
+    return _Pair(DualEncoder.from_config(ModelConfig(name=model_dir))).float().eval()
+
+
+def _batch(vocab_size: int, n_queries: int) -> dict[str, torch.Tensor]:
+    """Token ids + masks: q (n, 6), p (n*G, 10), right-padded to random lengths."""
+    gen = torch.Generator().manual_seed(1234)
+
+    def texts(n: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(5, vocab_size, (n, length), generator=gen)  # 0-4: special tokens
+        ids[:, 0] = 2  # [CLS]
+        lengths = torch.randint(3, length + 1, (n, 1), generator=gen)
+        mask = (torch.arange(length) < lengths).long()
+        return ids * mask, mask  # padding is [PAD] = 0
+
+    q_ids, q_mask = texts(n_queries, 6)
+    p_ids, p_mask = texts(n_queries * G, 10)
+    return {"q_ids": q_ids, "q_mask": q_mask, "p_ids": p_ids, "p_mask": p_mask}
+
+
+def _rows(batch: dict[str, torch.Tensor], first: int, count: int) -> dict[str, torch.Tensor]:
+    """Queries [first, first+count) and their passage groups."""
+    q = slice(first, first + count)
+    p = slice(first * G, (first + count) * G)
+    return {k: v[q] if k.startswith("q") else v[p] for k, v in batch.items()}
+
+
+def _loss_and_grads(model: nn.Module, batch: dict, cross_batch: bool) -> dict:
+    model.zero_grad(set_to_none=True)
+    loss = InfoNCELoss(temperature=0.05, cross_batch=cross_batch)(*model(batch))
+    loss.backward()
+    inner = model.module if hasattr(model, "module") else model  # DDP or not
+    grads = {n: p.grad.detach().clone() for n, p in inner.named_parameters()}
+    return {"loss": loss.item(), "grads": grads}
+
+
+def _worker_loop(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    rank = ray.train.get_context().get_world_rank()
+    model = ray.train.torch.prepare_model(_model(config["model_dir"]))  # DDP over gloo
+    mine = _rows(config["batch"], rank * B, B)
+    out = {
+        "cross": _loss_and_grads(model, mine, cross_batch=True),
+        "local": _loss_and_grads(model, mine, cross_batch=False),
+    }
+    # Unequal batch sizes must fail loudly on every rank, not hang or mis-target.
+    uneven = _rows(config["batch"], rank * B, B - rank)
+    with torch.no_grad():
+        try:
+            InfoNCELoss(cross_batch=True)(*model.module(uneven))
+            out["uneven"] = None
+        except ValueError as exc:
+            out["uneven"] = str(exc)
+    torch.save(out, Path(config["out"]) / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, object_store_memory=100 * 1024**2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(ray_cluster, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each worker's results, plus the single-process reference on the whole 2B batch."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tmp = tmp_path_factory.mktemp("cross-batch")
+    model = _model(str(tiny_model_dir))
+    batch = _batch(model.encoder.query_tower.config.vocab_size, WORKERS * B)
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"model_dir": str(tiny_model_dir), "batch": batch, "out": str(tmp)},
+        scaling_config=ScalingConfig(num_workers=WORKERS, use_gpu=False),
+        run_config=RunConfig(storage_path=str(tmp / "ray"), name="cross-batch"),
+    )
+    trainer.fit()
+    workers = [torch.load(tmp / f"rank{r}.pt") for r in range(WORKERS)]
+    # One process, whole batch: the gather is the identity, targets i*G over 2B queries.
+    single = _loss_and_grads(model, batch, cross_batch=True)
+    return {"workers": workers, "single": single}
+
+
+def _max_grad_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[n] - b[n]).abs().max().item() for n in a)
+
+
+def test_two_workers_equal_one_process_with_the_whole_batch(runs: dict) -> None:
+    single, workers = runs["single"], [w["cross"] for w in runs["workers"]]
+    mean_loss = sum(w["loss"] for w in workers) / WORKERS
+    assert mean_loss == pytest.approx(single["loss"], abs=TOL)
+    assert workers[0]["loss"] != pytest.approx(workers[1]["loss"], abs=1e-3)  # not trivially
+    for rank, w in enumerate(workers):
+        diff = _max_grad_diff(w["grads"], single["grads"])
+        print(f"rank {rank}: max |grad - single-process grad| = {diff:.2e}")
+        assert diff <= TOL, f"rank {rank}: gradients differ by {diff:.2e}"
+
+
+def test_negative_control_local_only_does_not_match(runs: dict) -> None:
+    # Without the gather each query sees B*G passages, not 2B*G: a different loss. If this
+    # matched, the equivalence test above could not catch a broken gather.
+    single = runs["single"]
+    for w in runs["workers"]:
+        assert _max_grad_diff(w["local"]["grads"], single["grads"]) > 100 * TOL
+    mean_local = sum(w["local"]["loss"] for w in runs["workers"]) / WORKERS
+    assert mean_local < single["loss"] - 1e-3  # fewer negatives: an easier task
+
+
+def test_uneven_batches_fail_on_every_worker(runs: dict) -> None:
+    for w in runs["workers"]:
+        assert w["uneven"] is not None
+        assert "rank 0: B=3 G=3, rank 1: B=2 G=3" in w["uneven"]
