@@ -73,6 +73,32 @@ def _cmd_bm25(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from raydr import config
+    from raydr.training.trainer import train
+
+    cfg = config.load(args.config, args.overrides)
+    result = train(cfg)
+    if result.error:
+        raise RaydrError(f"training failed: {result.error}")
+    print(json.dumps(result.metrics, indent=2, default=str))
+    if result.checkpoint is not None:
+        print(f"final checkpoint: {result.checkpoint.path}")
+
+
+def _cmd_mine(args: argparse.Namespace) -> None:
+    from raydr import config
+    from raydr.mining.bm25 import mine_bm25_negatives
+
+    cfg = config.load(args.config, args.overrides)
+    if cfg.training.negatives is None:
+        raise RaydrError(f"{args.config}: training.negatives: set the output path to write")
+    counts = mine_bm25_negatives(
+        cfg.data.path, cfg.training.split, cfg.training.negatives, args.depth, cfg.bm25
+    )
+    print(json.dumps({"out": str(cfg.training.negatives), **counts}))
+
+
 def _cmd_bench_encode(args: argparse.Namespace) -> None:
     from raydr.bench.encode import main as bench_main
 
@@ -96,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in [
         ("evaluate", _cmd_evaluate, "dense retrieval quality of a model or checkpoint"),
         ("bm25", _cmd_bm25, "BM25 baseline run and metrics (bm25s)"),
+        ("train", _cmd_train, "Ray Train dual-encoder training (cross-batch negatives)"),
+        (
+            "mine-negatives",
+            _cmd_mine,
+            "BM25 hard negatives for training.split → training.negatives",
+        ),
     ]:
         p = verbs.add_parser(name, help=text)
         p.add_argument("config", type=Path, help="job YAML (see jobs/)")
@@ -103,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         if name == "evaluate":
             p.add_argument("--model", help="model folder to score instead of model.name")
+        if name == "mine-negatives":
+            p.add_argument("--depth", type=int, default=30, help="negatives kept per query")
         p.set_defaults(func=func)
 
     bench = verbs.add_parser("bench", help="benchmarks that write JSON (+ PNG)")

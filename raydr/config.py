@@ -100,6 +100,40 @@ class BM25Config(Section):
     stopwords: Literal["en", "none"] = "en"
 
 
+class TrainingConfig(Section):
+    """Ray Train dual-encoder training with (cross-batch) InfoNCE."""
+
+    split: str = "train"
+    negatives: Path | None = Field(None, description="Parquet from `raydr mine-negatives`")
+    group_size: PositiveInt = Field(1, description="passages per query: 1 positive + negatives")
+    batch_size: PositiveInt = Field(16, description="queries per worker per step")
+    grad_accum: PositiveInt = 1
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0)
+    temperature: float = Field(0.05, gt=0)
+    cross_batch: bool = True
+    checkpoint_every: PositiveInt = Field(50, description="steps between checkpoints")
+    num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        2, description="a count, or (min, max) for elastic training"
+    )
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    storage_path: str = "runs"
+    num_to_keep: PositiveInt | None = None
+    max_failures: int = Field(2, ge=-1)
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> TrainingConfig:
+        if isinstance(self.num_workers, tuple) and self.num_workers[0] > self.num_workers[1]:
+            raise ValueError(f"num_workers range {self.num_workers} has min > max")
+        return self
+
+
 class RaydrConfig(Section):
     """A whole job. Sections grow with the training, validation and tuning engines."""
 
@@ -111,6 +145,7 @@ class RaydrConfig(Section):
     index: IndexConfig = Field(default_factory=IndexConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     bm25: BM25Config = Field(default_factory=BM25Config)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     @property
     def run_dir(self) -> Path:

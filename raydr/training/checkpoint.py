@@ -1,0 +1,187 @@
+"""The only reader and writer of raydr checkpoints.
+
+A checkpoint folder describes itself and loads as it is:
+
+    config.json, model.safetensors, tokenizer files   Hugging Face (transformers.AutoModel)
+    modules.json, 1_Pooling/, 2_Normalize/            sentence-transformers (shared tower only)
+    query/, passage/                                  instead of the above, for two towers
+    raydr.json                                        format version, step, epoch, raydr config
+    training_state.pt                                 optimizer, scheduler and RNG state
+
+Folders are written complete under a temporary name and renamed, so a reader (a resuming
+trainer, a validator in watch mode) never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raydr.atomic import atomic_dir
+from raydr.errors import RaydrError
+
+FORMAT_VERSION = 1
+META = "raydr.json"
+STATE = "training_state.pt"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    step: int
+    epoch: int
+    config: dict[str, Any]
+
+
+def write(
+    directory: str | Path,
+    model,
+    tokenizer,
+    config: dict[str, Any],
+    *,
+    step: int,
+    epoch: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+    extra_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint folder atomically; ``model`` is a DualEncoder (unwrapped)."""
+    directory = Path(directory)
+    with atomic_dir(directory, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp / "query" if not model.shared else tmp)
+        if model.shared:
+            _write_sentence_transformers_files(tmp, model, config)
+        state = {
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+            **(extra_state or {}),
+        }
+        torch.save(state, tmp / STATE)
+        meta = {"format_version": FORMAT_VERSION, "step": step, "epoch": epoch, "config": config}
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return directory
+
+
+def _write_sentence_transformers_files(root: Path, model, config: dict[str, Any]) -> None:
+    # Lets sentence_transformers.SentenceTransformer(root) rebuild the same pooling/normalising.
+    mcfg = config.get("model", {})
+    dim = model.query_tower.config.hidden_size
+    pooling = mcfg.get("pooling", "mean")
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if mcfg.get("normalize", True):
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+        (root / "2_Normalize").mkdir()
+    (root / "modules.json").write_text(json.dumps(modules, indent=2))
+    (root / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": mcfg.get("passage_max_length", 256), "do_lower_case": False})
+    )
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": dim,
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
+
+
+def read(directory: str | Path) -> CheckpointInfo:
+    """Check a checkpoint folder is complete and return what it says about itself."""
+    directory = Path(directory)
+    meta_path = directory / META
+    if not directory.is_dir():
+        raise RaydrError(f"{directory}: checkpoint folder not found")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise RaydrError(f"{meta_path}: missing; not a complete raydr checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RaydrError(f"{meta_path}: corrupted ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise RaydrError(f"{meta_path}: expected format_version {FORMAT_VERSION}")
+    for key in ("step", "epoch", "config"):
+        if key not in meta:
+            raise RaydrError(f"{meta_path}: field {key!r} is missing")
+    weights = [directory / "model.safetensors", directory / "query" / "model.safetensors"]
+    if not any(w.is_file() for w in weights):
+        raise RaydrError(f"{directory}: no model.safetensors; the checkpoint is incomplete")
+    return CheckpointInfo(directory, int(meta["step"]), int(meta["epoch"]), meta["config"])
+
+
+def load_training_state(directory: str | Path, optimizer=None, scheduler=None) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG state in place; return the whole state dict."""
+    path = Path(directory) / STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise RaydrError(f"{path}: missing; cannot resume from this checkpoint") from None
+    except Exception as exc:  # torch raises many types for a damaged pickle/zip
+        raise RaydrError(
+            f"{path}: corrupted, cannot resume ({type(exc).__name__}: {exc})"
+        ) from None
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    rng = state.get("rng") or {}
+    if rng:
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+    return state
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer saved with a checkpoint (beside the query tower for two towers)."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    return AutoTokenizer.from_pretrained(
+        directory / "query" if (directory / "query").is_dir() else directory
+    )
+
+
+def load_model(directory: str | Path, model_cfg):
+    """The DualEncoder stored in a checkpoint (or any Hugging Face model folder)."""
+    from raydr.model.encoder import DualEncoder
+
+    directory = Path(directory)
+    try:
+        return DualEncoder.from_config(model_cfg, str(directory))
+    except RaydrError:
+        raise
+    except Exception as exc:  # safetensors/transformers errors on truncated or foreign files
+        raise RaydrError(
+            f"{directory}: cannot load model weights ({type(exc).__name__}: {exc})"
+        ) from None

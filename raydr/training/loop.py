@@ -1,0 +1,157 @@
+"""The per-worker training loop: one plain function, top to bottom.
+
+Ray glue stays at the edges: ``ray.train`` gives rank, world size and the checkpoint to resume
+from, and receives reports. Everything between is ordinary PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from raydr.config import RaydrConfig
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    from transformers import AutoTokenizer, get_scheduler
+
+    from raydr.data.groups import build_rows, check_group_size, load_negatives, sample_group, shard
+    from raydr.data.tables import load_corpus
+    from raydr.data.text import passage_texts
+    from raydr.losses import InfoNCELoss
+    from raydr.model.encoder import resolve_dtype, resolve_model_path
+    from raydr.retrieval.encode import autocast
+    from raydr.training import checkpoint
+
+    cfg = RaydrConfig.model_validate(loop_config["config"])
+    tcfg = cfg.training
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Ray starts workers with one torch thread; use the CPUs this worker reserved.
+    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+    device = ray.train.torch.get_device()
+    dtype = resolve_dtype(cfg.model.dtype, device)
+
+    # --- data: every worker builds the same rows; ``shard`` gives each a disjoint slice.
+    negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
+    rows = build_rows(cfg.data.path, tcfg.split, negatives)
+    check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
+    corpus = load_corpus(cfg.data.path)
+    passage_of = dict(zip(corpus["doc_id"].to_pylist(), passage_texts(corpus), strict=True))
+    steps_per_epoch = (
+        len(shard(len(rows), 0, cfg.seed, rank, world, tcfg.batch_size)) // tcfg.grad_accum
+    )
+    total_steps = tcfg.max_steps or steps_per_epoch * tcfg.epochs
+
+    # --- model: from the latest checkpoint when Ray restarts us, else from model.name.
+    resume = ray.train.get_checkpoint()
+    start_step = 0
+    if resume is not None:
+        with resume.as_directory() as ckpt_dir:
+            info = checkpoint.read(ckpt_dir)
+            model = checkpoint.load_model(ckpt_dir, cfg.model)
+            tokenizer = checkpoint.load_tokenizer(ckpt_dir)
+            start_step = info.step
+    else:
+        from raydr.model.encoder import DualEncoder
+
+        model = DualEncoder.from_config(cfg.model)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
+    ddp_model = ray.train.torch.prepare_model(model)
+    loss_fn = InfoNCELoss(tcfg.temperature, tcfg.cross_batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    scheduler = get_scheduler(
+        tcfg.schedule if tcfg.schedule != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=math.ceil(tcfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    if resume is not None:
+        with resume.as_directory() as ckpt_dir:
+            checkpoint.load_training_state(ckpt_dir, optimizer, scheduler)
+
+    def tokenize(texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+    # --- the loop
+    step = start_step
+    epoch = start_step // max(1, steps_per_epoch)
+    ddp_model.train()
+    t_last, pairs_since = time.perf_counter(), 0
+    while step < total_steps:
+        batches = shard(len(rows), epoch, cfg.seed, rank, world, tcfg.batch_size)
+        # On resume, skip the micro-batches this epoch already consumed.
+        done_in_epoch = (step - epoch * steps_per_epoch) * tcfg.grad_accum
+        for i in range(done_in_epoch, steps_per_epoch * tcfg.grad_accum):
+            idx = batches[i]
+            groups = [sample_group(rows[j], int(j), epoch, cfg.seed, tcfg.group_size) for j in idx]
+            q_ids, q_mask = tokenize([rows[j].query for j in idx], cfg.model.query_max_length)
+            p_ids, p_mask = tokenize(
+                [passage_of[d] for g in groups for d in g], cfg.model.passage_max_length
+            )
+            with autocast(device, dtype):
+                q, p = ddp_model(q_ids, q_mask, p_ids, p_mask)
+                # Mean over accumulated micro-batches: each contributes 1/grad_accum.
+                loss = loss_fn(q.float(), p.float()) / tcfg.grad_accum
+            loss.backward()
+            pairs_since += len(idx) * world
+            if (i + 1) % tcfg.grad_accum:
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % tcfg.checkpoint_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                metrics = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": float(loss.detach()) * tcfg.grad_accum,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "pairs_per_s": pairs_since / (now - t_last),
+                    "negatives_per_query": loss_fn.negatives_per_query(
+                        tcfg.batch_size, tcfg.group_size, world
+                    ),
+                }
+                _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, scheduler)
+                t_last, pairs_since = time.perf_counter(), 0
+            if step >= total_steps:
+                break
+        epoch += 1
+
+
+def _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, scheduler) -> None:
+    """Rank 0 writes the checkpoint; every rank must call ``report`` (Ray Train's contract)."""
+    import ray.train
+
+    from raydr.training import checkpoint
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="raydr-ckpt-") as tmp:
+        path = os.path.join(tmp, "checkpoint")
+        checkpoint.write(
+            path,
+            model,
+            tokenizer,
+            cfg.model_dump(mode="json"),
+            step=step,
+            epoch=epoch,
+            optimizer=optimizer,
+            scheduler=scheduler,
+        )
+        # Ray copies the folder into storage_path and commits it before report returns.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path))

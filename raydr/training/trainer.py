@@ -1,0 +1,108 @@
+"""``raydr train``: a Ray Train ``TorchTrainer`` built from config, sized to what really exists."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from raydr.config import RaydrConfig
+from raydr.errors import RaydrError
+
+log = logging.getLogger(__name__)
+
+
+def use_gpu(cfg: RaydrConfig) -> bool:
+    """GPUs only when torch can really use them here: Ray's logical GPUs are not enough
+    (``use_gpu=True`` without CUDA crashes in NCCL / prepare_model)."""
+    import torch
+
+    if cfg.training.use_gpu == "no":
+        return False
+    available = torch.cuda.is_available()
+    if cfg.training.use_gpu == "yes" and not available:
+        raise RaydrError("training.use_gpu=yes, but torch sees no CUDA device on this node")
+    return available
+
+
+def check_capacity(cfg: RaydrConfig) -> None:
+    """Refuse a worker count the cluster cannot hold, instead of hanging on placement."""
+    import ray
+
+    want = cfg.training.num_workers
+    need_min = want[0] if isinstance(want, tuple) else want
+    res = dict(cfg.training.resources_per_worker)
+    total = ray.cluster_resources()
+    for name, amount in res.items():
+        if amount * need_min > total.get(name, 0) + 1e-9:
+            raise RaydrError(
+                f"training.num_workers={need_min} x resources_per_worker {name}={amount} needs "
+                f"{amount * need_min:g} {name}, but the cluster has {total.get(name, 0):g}; lower "
+                f"num_workers or resources_per_worker (or add nodes; an autoscaler would)"
+            )
+
+
+def build_trainer(cfg: RaydrConfig, callbacks: list[Any] | None = None):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from raydr.training.loop import train_loop_per_worker
+
+    tcfg = cfg.training
+    gpu = use_gpu(cfg)
+    resources = dict(tcfg.resources_per_worker)
+    if not gpu:
+        resources.pop("GPU", None)
+    threads = max(1, int(resources.get("CPU", 1)))
+    storage = tcfg.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())  # Ray requires absolute local paths
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "threads": threads},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=tcfg.num_workers, use_gpu=gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.num_to_keep),
+            failure_config=FailureConfig(max_failures=tcfg.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def preflight(cfg: RaydrConfig) -> None:
+    """Check the data against the config on the driver, so bad input fails in one clear line
+    here rather than as a traceback from inside N workers."""
+    from raydr.data.groups import build_rows, check_group_size, load_negatives, shard
+
+    tcfg = cfg.training
+    negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
+    if tcfg.group_size > 1 and negatives is None:
+        raise RaydrError(
+            f"training.group_size={tcfg.group_size} needs hard negatives: set training.negatives "
+            f"(run `raydr mine-negatives CONFIG` to make them)"
+        )
+    rows = build_rows(cfg.data.path, tcfg.split, negatives)
+    check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
+    world = max(tcfg.num_workers) if isinstance(tcfg.num_workers, tuple) else tcfg.num_workers
+    steps = len(shard(len(rows), 0, cfg.seed, 0, world, tcfg.batch_size))
+    if steps < tcfg.grad_accum:
+        raise RaydrError(
+            f"training.grad_accum={tcfg.grad_accum} exceeds the {steps} micro-batches per epoch "
+            f"({len(rows)} queries / (batch_size {tcfg.batch_size} x {world} workers))"
+        )
+
+
+def train(cfg: RaydrConfig):
+    """Fit; rerunning with the same storage_path and name resumes from the latest checkpoint."""
+    import ray
+
+    preflight(cfg)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+    check_capacity(cfg)
+    return build_trainer(cfg).fit()

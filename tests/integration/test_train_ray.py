@@ -1,0 +1,125 @@
+"""Ray Train end to end on a real local Ray cluster: tiny BERT, tiny dataset, 2 gloo workers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from raydr import config
+from raydr.errors import RaydrError
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _cfg(
+    tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training
+) -> config.RaydrConfig:
+    tree = {
+        "name": "tiny-train",
+        "model": {"name": str(model), "query_max_length": 16, "passage_max_length": 32},
+        "data": {"path": str(dataset), "split": "test"},
+        "training": {
+            "split": "test",
+            "negatives": str(negatives),
+            "group_size": 2,
+            "batch_size": 2,
+            "epochs": 3,
+            "checkpoint_every": 1,
+            "num_workers": 2,
+            "storage_path": str(tmp_path / "storage"),
+            "lr": 1e-3,
+            **training,
+        },
+    }
+    return config.build(tree, "test")
+
+
+@pytest.fixture
+def negatives(tmp_path: Path, tiny_dataset: Path) -> Path:
+    from raydr.config import BM25Config
+    from raydr.mining.bm25 import mine_bm25_negatives
+
+    out = tmp_path / "negatives.parquet"
+    counts = mine_bm25_negatives(tiny_dataset, "test", out, depth=5, cfg=BM25Config())
+    assert counts == {"queries": 5, "min_negatives": 5}
+    return out
+
+
+def test_train_two_workers_writes_self_describing_checkpoints(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from raydr.training import checkpoint
+    from raydr.training.trainer import train
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    result = train(cfg)
+    assert result.error is None
+    # 5 queries, 2 workers x batch 2 → 1 step per epoch (one query dropped for equal shapes).
+    assert result.metrics["step"] == 3
+    assert result.metrics["negatives_per_query"] == 2 * 2 * 2 - 1
+    info = checkpoint.read(result.checkpoint.path)
+    assert (info.step, info.epoch) == (3, 2)
+    assert info.config["training"]["group_size"] == 2
+    # Hugging Face and sentence-transformers load the folder as it is, to the same vectors.
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(result.checkpoint.path)
+    st = SentenceTransformer(result.checkpoint.path, device="cpu")
+    texts = ["cell protein gene", "star galaxy"]
+    ours = _embed(result.checkpoint.path, cfg, texts)
+    np.testing.assert_allclose(st.encode(texts), ours, atol=1e-5)
+
+
+def _embed(path: str, cfg: config.RaydrConfig, texts: list[str]) -> np.ndarray:
+    import torch
+
+    from raydr.retrieval.encode import encode, tokenize
+    from raydr.training import checkpoint
+
+    model = checkpoint.load_model(path, cfg.model).eval()
+    tok = checkpoint.load_tokenizer(path)
+    ids = tokenize(tok, texts, cfg.model.passage_max_length)
+    return encode(model.encode_passages, ids, pad_id=tok.pad_token_id, dtype=torch.float32)
+
+
+def test_rerun_resumes_from_the_latest_checkpoint(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from raydr.training.trainer import train
+
+    first = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=2))
+    assert first.metrics["step"] == 2
+    # Same storage_path and name, more epochs: Ray restores the run and the loop continues at 2.
+    again = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=3))
+    assert again.metrics["step"] == 3
+    steps = sorted(
+        json.loads((Path(c.path) / "raydr.json").read_text())["step"]
+        for c, _ in again.best_checkpoints
+    )
+    assert steps[-1] == 3
+
+
+def test_bad_training_input_is_refused_before_workers_start(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from raydr.training.trainer import check_capacity
+
+    with pytest.raises(RaydrError, match=r"num_workers=8 .* needs 8 CPU, but the cluster has 2"):
+        check_capacity(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, num_workers=8))
+    from raydr.data.groups import build_rows, check_group_size, load_negatives
+
+    rows = build_rows(tiny_dataset, "test", load_negatives(negatives))
+    with pytest.raises(RaydrError, match="group_size=9 needs 8 hard negatives"):
+        check_group_size(rows, 9, str(negatives))
