@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,12 +79,101 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from raydr.training.trainer import train
 
     cfg = config.load(args.config, args.overrides)
-    result = train(cfg)
+    result, validated = train(cfg)
     if result.error:
         raise RaydrError(f"training failed: {result.error}")
     print(json.dumps(result.metrics, indent=2, default=str))
-    if result.checkpoint is not None:
-        print(f"final checkpoint: {result.checkpoint.path}")
+    if validated is not None:
+        from raydr.validation.report import best_row, plot_curves
+
+        png = plot_curves(cfg.run_dir / "validation" / "ledger.jsonl", cfg.eval.primary_metric)
+        best = best_row(validated, cfg.eval.primary_metric)
+        print(f"validation curve: {png}")
+        if best is not None:
+            print(
+                f"best checkpoint by {cfg.eval.primary_metric} (validation subset): step "
+                f"{best['step']} = {best['metrics'][cfg.eval.primary_metric]:.4f} → {best['checkpoint']}"
+            )
+    if result.checkpoint is None or args.no_eval:
+        return
+    print(f"final checkpoint: {result.checkpoint.path}")
+    import torch
+
+    from raydr.evaluate import evaluate, format_table
+
+    torch.set_num_threads(os.cpu_count() or 1)  # the driver may have inherited 1 from Ray
+    scored = evaluate(cfg, model_path=result.checkpoint.path, progress=not args.quiet)
+    print(format_table(scored))
+    print(f"[final checkpoint on {cfg.data.split}, full corpus] → {cfg.run_dir / 'metrics.json'}")
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    import ray
+
+    from raydr import config
+    from raydr.validation.pool import start_pool, wait_idle
+    from raydr.validation.report import plot_curves
+    from raydr.validation.validator import step_of
+    from raydr.validation.watch import Watcher
+
+    cfg = config.load(args.config, args.overrides)
+    if not args.checkpoints and args.watch is None:
+        raise RaydrError("validate: give checkpoint folders, or --watch DIR")
+    for path in args.checkpoints:
+        if not Path(path).is_dir():
+            raise RaydrError(f"{path}: checkpoint folder not found")
+    if args.watch is not None and not args.watch.is_dir():
+        raise RaydrError(f"--watch {args.watch}: not a directory")
+    if not ray.is_initialized():
+        ray.init()
+    pool = start_pool(cfg.with_absolute_paths())
+    trial = args.trial or cfg.name
+    for path in args.checkpoints:
+        ray.get(pool.submit.remote(trial, step_of(path), str(Path(path).resolve())))
+    if args.watch is not None:
+        watcher = Watcher(args.watch, settle_s=args.settle)
+        deadline = time.time() + args.timeout if args.timeout else None
+        print(f"watching {args.watch} (Ctrl-C to stop)", flush=True)
+        try:
+            while deadline is None or time.time() < deadline:
+                for folder in watcher.poll():
+                    step = step_of(folder)
+                    if ray.get(pool.submit.remote(trial, step, str(folder.resolve()))):
+                        print(f"queued {folder} (step {step})", flush=True)
+                time.sleep(args.poll)
+        except KeyboardInterrupt:
+            pass
+    wait_idle(pool)
+    rows = ray.get(pool.results.remote(trial))
+    metric = cfg.eval.primary_metric
+    for row in rows:
+        print(f"step {row['step']:>7}  {metric} {row['metrics'][metric]:.4f}  {row['checkpoint']}")
+    ledger = cfg.run_dir / "validation" / "ledger.jsonl"
+    print(f"ledger: {ledger}\nplot: {plot_curves(ledger, metric)}")
+
+
+def _cmd_best(args: argparse.Namespace) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.report import best_row, export, find_ledger
+
+    ledger = find_ledger(args.run)
+    rows = Ledger(ledger).results(args.trial)
+    best = best_row(rows, args.metric)
+    if best is None:
+        raise RaydrError(f"{ledger}: no validated checkpoint has metric {args.metric!r}")
+    print(
+        json.dumps(
+            {
+                "trial": best["trial"],
+                "step": best["step"],
+                "checkpoint": best["checkpoint"],
+                args.metric: best["metrics"][args.metric],
+            },
+            indent=2,
+        )
+    )
+    if args.export:
+        print(f"exported to {export(best, args.export)}")
 
 
 def _cmd_mine(args: argparse.Namespace) -> None:
@@ -135,9 +225,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         if name == "evaluate":
             p.add_argument("--model", help="model folder to score instead of model.name")
+        if name == "train":
+            p.add_argument(
+                "--no-eval", action="store_true", help="skip evaluating the final checkpoint"
+            )
         if name == "mine-negatives":
             p.add_argument("--depth", type=int, default=30, help="negatives kept per query")
         p.set_defaults(func=func)
+
+    p = verbs.add_parser(
+        "validate", help="validate checkpoints with the actor pool (or --watch a folder)"
+    )
+    p.add_argument("config", type=Path)
+    p.add_argument("checkpoints", nargs="*", type=Path, help="checkpoint folders to validate")
+    p.add_argument("--watch", type=Path, help="validate every complete checkpoint appearing here")
+    p.add_argument("--trial", help="ledger trial name (default: the config's name)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between folder scans")
+    p.add_argument(
+        "--settle", type=float, default=10.0, help="seconds a foreign folder must stay unchanged"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=0.0, help="stop watching after this many seconds"
+    )
+    p.set_defaults(func=_cmd_validate, overrides=[])
+
+    p = verbs.add_parser("best", help="the best checkpoint of a run by validation metric")
+    p.add_argument("run", type=Path, help="run folder (runs/NAME) or ledger.jsonl")
+    p.add_argument("--metric", default="nDCG@10")
+    p.add_argument("--trial", help="only this trial")
+    p.add_argument("--export", type=Path, help="copy the model there (HF + sentence-transformers)")
+    p.set_defaults(func=_cmd_best)
 
     bench = verbs.add_parser("bench", help="benchmarks that write JSON (+ PNG)")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -146,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = benches.add_parser("encode", help="encoding throughput and FLOP/s vs matmul peak")
     encode_args(p)
     p.set_defaults(func=_cmd_bench_encode)
+    from raydr.bench.train_step import add_arguments as step_args
+    from raydr.bench.train_step import main as step_main
+
+    p = benches.add_parser("train-step", help="step time: cross-batch gather vs in-batch only")
+    step_args(p)
+    p.set_defaults(func=step_main)
     return parser
 
 

@@ -118,6 +118,7 @@ class TrainingConfig(Section):
     temperature: float = Field(0.05, gt=0)
     cross_batch: bool = True
     checkpoint_every: PositiveInt = Field(50, description="steps between checkpoints")
+    log_every: PositiveInt = Field(10, description="steps between progress lines (rank 0)")
     num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
         2, description="a count, or (min, max) for elastic training"
     )
@@ -134,6 +135,33 @@ class TrainingConfig(Section):
         return self
 
 
+class SamplingConfig(Section):
+    """Which corpus subset validators search (Asyncval's corpus-subset strategies)."""
+
+    strategy: Literal["full", "random", "bm25-pool", "dense-pool", "union"] = "bm25-pool"
+    size: PositiveInt = Field(1000, description="random: docs drawn besides the judged ones")
+    depth: PositiveInt = Field(100, description="pools: top-k per validation query")
+    seed: int = 0
+
+
+class ValidationConfig(Section):
+    """Asynchronous checkpoint validation by a pool of warm actors."""
+
+    enabled: bool = True
+    split: str = Field("test", description="qrels split whose queries validate checkpoints")
+    max_queries: PositiveInt | None = None
+    num_actors: PositiveInt = 2
+    num_gpus: float = Field(0.0, ge=0, description="per actor, fractions allowed (e.g. 0.25)")
+    num_cpus: float = Field(1.0, ge=0, description="per actor; also its torch thread count")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources/labels to pin validators"
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    batch_size: PositiveInt = 64
+    write_run: bool = False
+    max_retries: int = Field(2, ge=0, description="re-dos of a checkpoint whose actor died")
+
+
 class RaydrConfig(Section):
     """A whole job. Sections grow with the training, validation and tuning engines."""
 
@@ -146,10 +174,22 @@ class RaydrConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     bm25: BM25Config = Field(default_factory=BM25Config)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.name
+
+    def with_absolute_paths(self) -> RaydrConfig:
+        """A copy with local paths made absolute: Ray workers and actors run elsewhere."""
+        tree = self.model_dump(mode="json")
+        tree["data"]["path"] = str(Path(self.data.path).resolve())
+        tree["output_dir"] = str(Path(self.output_dir).resolve())
+        if self.training.negatives is not None:
+            tree["training"]["negatives"] = str(Path(self.training.negatives).resolve())
+        if Path(self.model.name).exists():
+            tree["model"]["name"] = str(Path(self.model.name).resolve())
+        return RaydrConfig.model_validate(tree)
 
 
 # ---------------------------------------------------------------- loading and errors

@@ -31,6 +31,34 @@ class Split:
     queries: list[str]
     qrels: dict[str, dict[str, int]]
 
+    def restrict(self, doc_ids: list[str]) -> Split:
+        """The same queries over only ``doc_ids`` (kept in corpus order)."""
+        keep = set(doc_ids)
+        unknown = keep.difference(self.doc_ids)
+        if unknown:
+            from raydr.errors import RaydrError
+
+            raise RaydrError(
+                f"subset names {len(unknown)} doc ids not in the corpus, e.g. {sorted(unknown)[:3]}"
+            )
+        rows = [i for i, d in enumerate(self.doc_ids) if d in keep]
+        return Split(
+            doc_ids=[self.doc_ids[i] for i in rows],
+            passages=[self.passages[i] for i in rows],
+            query_ids=self.query_ids,
+            queries=self.queries,
+            qrels=self.qrels,
+        )
+
+    def limit_queries(self, n: int | None) -> Split:
+        """The first ``n`` queries in id order (all when ``n`` is None)."""
+        if n is None or n >= len(self.query_ids):
+            return self
+        ids = self.query_ids[:n]
+        return Split(
+            self.doc_ids, self.passages, ids, self.queries[:n], {q: self.qrels[q] for q in ids}
+        )
+
 
 def load_split(data_dir: str | Path, split: str) -> Split:
     """Queries are those judged in ``split``, in id order; the corpus is whole."""
@@ -84,7 +112,11 @@ class DenseRetriever:
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
         # A two-tower save keeps its tokenizer beside the query tower.
         tok_path = str(Path(path) / "query") if (Path(path) / "query").is_dir() else path
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_path)
+        except (OSError, ValueError):
+            # A bare weights folder from another trainer: fall back to the configured model's.
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
         self.model = DualEncoder.from_config(cfg.model, path).to(self.device).eval()
         if self.dtype == torch.bfloat16:
             # Inference only: bf16 weights beat bf16 autocast by 8-15% on this CPU (no per-call
@@ -92,48 +124,90 @@ class DenseRetriever:
             self.model = self.model.to(torch.bfloat16)
         self._torch = torch
 
-    def embed_passages(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """→ (N, D) float32."""
-        return self._embed(texts, self.cfg.model.passage_max_length, "passages", progress)
+    def tokenize(self, texts: list[str], side: str) -> list[np.ndarray]:
+        """Token ids per text for ``side`` ("passages" or "queries"), unpadded."""
+        from raydr.retrieval.encode import tokenize
 
-    def embed_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """→ (Q, D) float32."""
-        return self._embed(texts, self.cfg.model.query_max_length, "queries", progress)
+        m = self.cfg.model
+        max_len = m.passage_max_length if side == "passages" else m.query_max_length
+        return tokenize(self.tokenizer, texts, max_len)
 
-    def _embed(self, texts: list[str], max_len: int, side: str, progress: bool) -> np.ndarray:
-        from raydr.retrieval.encode import encode, tokenize
+    def embed_ids(
+        self,
+        ids: list[np.ndarray],
+        side: str,
+        progress: bool = False,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Pre-tokenised texts → (N, D) float32."""
+        from raydr.retrieval.encode import encode
 
         fn = self.model.encode_passages if side == "passages" else self.model.encode_queries
         return encode(
             fn,
-            tokenize(self.tokenizer, texts, max_len),
+            ids,
             pad_id=self.tokenizer.pad_token_id or 0,
-            batch_size=self.cfg.eval.batch_size,
+            batch_size=batch_size or self.cfg.eval.batch_size,
             device=self.device,
             dtype=self.dtype,
             progress=progress,
             desc=f"encode {side}",
         )
 
+    def embed(self, texts: list[str], side: str, progress: bool = False) -> np.ndarray:
+        """Texts → (N, D) float32."""
+        return self.embed_ids(self.tokenize(texts, side), side, progress)
 
-def evaluate(cfg: RaydrConfig, model_path: str | None = None, progress: bool = True) -> EvalResult:
-    """Score ``model_path`` (default: ``cfg.model.name``) on ``cfg.data``; write outputs."""
+    def tokenizer_fingerprint(self) -> str:
+        """Changes when the vocabulary does: cached token ids are reusable while it holds."""
+        import hashlib
+        import json
+
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        return hashlib.sha1(json.dumps(vocab).encode()).hexdigest()
+
+
+def search_and_score(
+    cfg: RaydrConfig,
+    doc_emb: np.ndarray,
+    query_emb: np.ndarray,
+    doc_ids: list[str],
+    query_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Index, retrieve ``eval.depth``, score with ir-measures. → (metrics, run)."""
     from raydr.retrieval.index import build_index, retrieve
 
-    t0 = time.perf_counter()
-    split = load_split(cfg.data.path, cfg.data.split)
-    retriever = DenseRetriever(cfg, model_path)
-    t_load = time.perf_counter()
-    doc_emb = retriever.embed_passages(split.passages, progress)
-    t_docs = time.perf_counter()
-    query_emb = retriever.embed_queries(split.queries, progress)
-    t_queries = time.perf_counter()
     index = build_index(doc_emb, cfg.index)
-    run = retrieve(index, query_emb, split.query_ids, split.doc_ids, cfg.eval.depth)
+    run = retrieve(index, query_emb, query_ids, doc_ids, cfg.eval.depth)
     if cfg.eval.ignore_identical_ids:
         run = drop_identical_ids(run)
-    t_search = time.perf_counter()
-    metrics = score(split.qrels, run, cfg.eval.metrics)
+    return score(qrels, run, cfg.eval.metrics), run
+
+
+def evaluate(
+    cfg: RaydrConfig,
+    model_path: str | None = None,
+    progress: bool = True,
+    subset: list[str] | None = None,
+) -> EvalResult:
+    """Score ``model_path`` (default: ``cfg.model.name``) on ``cfg.data``; write outputs.
+
+    ``subset`` restricts the corpus to those doc ids (a validation subset, for comparison).
+    """
+    t0 = time.perf_counter()
+    split = load_split(cfg.data.path, cfg.data.split)
+    if subset is not None:
+        split = split.restrict(subset)
+    retriever = DenseRetriever(cfg, model_path)
+    t_load = time.perf_counter()
+    doc_emb = retriever.embed(split.passages, "passages", progress)
+    t_docs = time.perf_counter()
+    query_emb = retriever.embed(split.queries, "queries", progress)
+    t_queries = time.perf_counter()
+    metrics, run = search_and_score(
+        cfg, doc_emb, query_emb, split.doc_ids, split.query_ids, split.qrels
+    )
     t_end = time.perf_counter()
     result = EvalResult(
         metrics=metrics,
@@ -142,8 +216,7 @@ def evaluate(cfg: RaydrConfig, model_path: str | None = None, progress: bool = T
             "load": t_load - t0,
             "encode_passages": t_docs - t_load,
             "encode_queries": t_queries - t_docs,
-            "index_and_search": t_search - t_queries,
-            "score": t_end - t_search,
+            "search_and_score": t_end - t_queries,
             "total": t_end - t0,
         },
         info={

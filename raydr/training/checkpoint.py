@@ -31,6 +31,11 @@ META = "raydr.json"
 STATE = "training_state.pt"
 
 
+def dir_name(step: int) -> str:
+    """The folder name of the checkpoint at ``step`` inside a run's storage path."""
+    return f"checkpoint_step_{step:07d}"
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path

@@ -112,6 +112,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if rank == 0 and (step % tcfg.log_every == 0 or step == 1):
+                # Plain print: Ray forwards worker stdout to the driver and the job logs.
+                print(
+                    f"step {step}/{total_steps} epoch {epoch} loss {float(loss) * tcfg.grad_accum:.4f} "
+                    f"lr {scheduler.get_last_lr()[0]:.2e}",
+                    flush=True,
+                )
             if step % tcfg.checkpoint_every == 0 or step == total_steps:
                 now = time.perf_counter()
                 metrics = {
@@ -121,15 +128,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm),
                     "pairs_per_s": pairs_since / (now - t_last),
+                    "resumed_from_step": start_step,
                     "negatives_per_query": loss_fn.negatives_per_query(
                         tcfg.batch_size, tcfg.group_size, world
                     ),
                 }
                 _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, scheduler)
+                if rank == 0 and loop_config.get("pool"):
+                    _submit(loop_config, step)
                 t_last, pairs_since = time.perf_counter(), 0
             if step >= total_steps:
                 break
         epoch += 1
+
+
+def _submit(loop_config: dict[str, Any], step: int) -> None:
+    """Push the committed checkpoint to the validation pool; fire and forget, never wait."""
+    import ray
+
+    from raydr.training import checkpoint
+    from raydr.validation.pool import NAMESPACE
+
+    pool = ray.get_actor(loop_config["pool"], namespace=NAMESPACE)
+    path = f"{loop_config['storage']}/{loop_config['config']['name']}/{checkpoint.dir_name(step)}"
+    pool.submit.remote(loop_config["trial"], step, path)
 
 
 def _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, scheduler) -> None:
@@ -154,4 +176,10 @@ def _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, schedu
             scheduler=scheduler,
         )
         # Ray copies the folder into storage_path and commits it before report returns.
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path))
+        # A step-named folder gives every checkpoint a stable, predictable URI in storage:
+        # validators and ledgers key on (trial, step), and reruns never collide.
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(path),
+            checkpoint_dir_name=checkpoint.dir_name(step),
+        )

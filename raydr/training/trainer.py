@@ -42,12 +42,21 @@ def check_capacity(cfg: RaydrConfig) -> None:
             )
 
 
-def build_trainer(cfg: RaydrConfig, callbacks: list[Any] | None = None):
+def build_trainer(
+    cfg: RaydrConfig,
+    callbacks: list[Any] | None = None,
+    loop=None,
+    pool: str | None = None,
+    trial: str | None = None,
+):
+    """``pool``: the name of a running ValidationPool that rank 0 pushes checkpoints to;
+    ``trial``: the ledger's trial name (default: the run name)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raydr.training.loop import train_loop_per_worker
 
+    cfg = cfg.with_absolute_paths()
     tcfg = cfg.training
     gpu = use_gpu(cfg)
     resources = dict(tcfg.resources_per_worker)
@@ -58,8 +67,14 @@ def build_trainer(cfg: RaydrConfig, callbacks: list[Any] | None = None):
     if "://" not in storage:
         storage = str(Path(storage).resolve())  # Ray requires absolute local paths
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "threads": threads},
+        loop or train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "threads": threads,
+            "pool": pool,
+            "trial": trial or cfg.name,
+            "storage": storage,
+        },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers, use_gpu=gpu, resources_per_worker=resources
@@ -97,12 +112,47 @@ def preflight(cfg: RaydrConfig) -> None:
         )
 
 
+def check_existing_checkpoints(cfg: RaydrConfig) -> None:
+    """A rerun resumes from the run's checkpoints; refuse a damaged one before Ray loads it."""
+    from raydr.training import checkpoint
+
+    if "://" in cfg.training.storage_path:
+        return  # cloud storage: Ray lists and fetches it; the workers' read() still checks
+    run_dir = Path(cfg.training.storage_path) / cfg.name
+    for folder in sorted(run_dir.glob("checkpoint_*")):
+        if not folder.is_dir():
+            continue
+        try:
+            checkpoint.read(folder)
+        except RaydrError as err:
+            raise RaydrError(
+                f"{err}; run {cfg.name!r} would resume from it: delete {folder} "
+                f"or start a new run with name=<new name>"
+            ) from None
+
+
 def train(cfg: RaydrConfig):
-    """Fit; rerunning with the same storage_path and name resumes from the latest checkpoint."""
+    """Fit, with the validation pool validating every checkpoint asynchronously when enabled.
+
+    Rerunning with the same storage_path and name resumes from the latest checkpoint (and the
+    pool from its ledger). Returns (Ray Train result, validation results or None).
+    """
     import ray
 
     preflight(cfg)
+    check_existing_checkpoints(cfg)
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+        # Keep the dashboard: Train V2's placement-group cleaner polls the State API it serves.
+        ray.init()
     check_capacity(cfg)
-    return build_trainer(cfg).fit()
+    if not cfg.validation.enabled:
+        return build_trainer(cfg).fit(), None
+    from raydr.validation.pool import pool_name, start_pool, wait_idle
+
+    pool = start_pool(cfg.with_absolute_paths())
+    result = build_trainer(cfg, pool=pool_name(cfg.name)).fit()
+    log.info("training finished; waiting for pending validations")
+    wait_idle(pool)
+    rows = ray.get(pool.results.remote(cfg.name))
+    ray.kill(pool)
+    return result, rows

@@ -41,6 +41,7 @@ def _cfg(
             "lr": 1e-3,
             **training,
         },
+        "validation": {"enabled": False},
     }
     return config.build(tree, "test")
 
@@ -63,7 +64,7 @@ def test_train_two_workers_writes_self_describing_checkpoints(
     from raydr.training.trainer import train
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives)
-    result = train(cfg)
+    result, _ = train(cfg)
     assert result.error is None
     # 5 queries, 2 workers x batch 2 → 1 step per epoch (one query dropped for equal shapes).
     assert result.metrics["step"] == 3
@@ -99,10 +100,10 @@ def test_rerun_resumes_from_the_latest_checkpoint(
 ) -> None:
     from raydr.training.trainer import train
 
-    first = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=2))
+    first, _ = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=2))
     assert first.metrics["step"] == 2
     # Same storage_path and name, more epochs: Ray restores the run and the loop continues at 2.
-    again = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=3))
+    again, _ = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=3))
     assert again.metrics["step"] == 3
     steps = sorted(
         json.loads((Path(c.path) / "raydr.json").read_text())["step"]
@@ -123,3 +124,62 @@ def test_bad_training_input_is_refused_before_workers_start(
     rows = build_rows(tiny_dataset, "test", load_negatives(negatives))
     with pytest.raises(RaydrError, match="group_size=9 needs 8 hard negatives"):
         check_group_size(rows, 9, str(negatives))
+
+
+def _kill_rank1_after_first_checkpoint(loop_config: dict) -> None:
+    """Our loop, but rank 1 SIGKILLs its own process once a checkpoint is committed (once)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray.train
+
+    from raydr.training.loop import train_loop_per_worker
+
+    training = loop_config["config"]["training"]
+    run_dir = Path(training["storage_path"]) / loop_config["config"]["name"]
+    marker = run_dir.parent / "killed-once"
+    if ray.train.get_context().get_world_rank() == 1 and not marker.exists():
+
+        def watch() -> None:
+            while not any((d / "raydr.json").exists() for d in run_dir.glob("checkpoint_*")):
+                time.sleep(0.1)
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, daemon=True).start()
+    train_loop_per_worker(loop_config)
+
+
+def test_killed_worker_resumes_from_checkpoint(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from ray import cloudpickle
+
+    from raydr.training import checkpoint
+    from raydr.training.trainer import build_trainer
+
+    cloudpickle.register_pickle_by_value(__import__(__name__))
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=5, max_failures=2)
+    result = build_trainer(cfg, loop=_kill_rank1_after_first_checkpoint).fit()
+    assert (tmp_path / "storage" / "killed-once").exists(), "the worker was never killed"
+    assert result.error is None
+    assert result.metrics["step"] == 5
+    assert result.metrics["resumed_from_step"] >= 1  # restarted from a checkpoint, not from 0
+    folders = sorted((tmp_path / "storage" / cfg.name).glob("checkpoint_*"))
+    steps = [checkpoint.read(f).step for f in folders]  # every one complete and readable
+    assert max(steps) == 5 and len(steps) == len(set(steps))
+
+
+def test_corrupted_checkpoint_is_refused_on_resume(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from raydr.training.trainer import check_existing_checkpoints
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    bad = tmp_path / "storage" / cfg.name / "checkpoint_2026-01-01_00-00-00.000000"
+    bad.mkdir(parents=True)
+    (bad / "raydr.json").write_text("{not json")
+    with pytest.raises(RaydrError, match=r"raydr\.json: corrupted .* would resume from it"):
+        check_existing_checkpoints(cfg)

@@ -1,0 +1,247 @@
+"""The validation pool: one async Ray actor that owns the ledger and N warm validator actors.
+
+Trainers *push* (trial, step, checkpoint path) with ``submit`` and never wait. The pool owns the
+work from then on, so a checkpoint submitted just before its trial is stopped is still
+validated. Each checkpoint gets exactly one closing ledger row: a validator that dies mid-way is
+restarted by Ray and the checkpoint re-done; a checkpoint that cannot be loaded is recorded as
+failed with its reason while the pool keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from raydr.config import RaydrConfig
+from raydr.errors import RaydrError
+from raydr.validation.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "raydr"
+
+
+def pool_name(run_name: str) -> str:
+    return f"raydr-validation-pool-{run_name}"
+
+
+def validation_dir(cfg: RaydrConfig) -> Path:
+    return (cfg.run_dir / "validation").resolve()
+
+
+@ray.remote(num_cpus=0)
+class ValidationPool:
+    def __init__(self, config: dict[str, Any], subset: list[str] | None, ledger_path: str) -> None:
+        from raydr.validation.validator import Validator
+
+        self.cfg = RaydrConfig.model_validate(config)
+        vcfg = self.cfg.validation
+        self.ledger = Ledger(ledger_path)
+        options = {
+            "num_cpus": vcfg.num_cpus,
+            "num_gpus": vcfg.num_gpus,
+            "resources": dict(vcfg.resources) or None,
+            "max_restarts": -1,  # a dead validator comes back (warm state rebuilt in __init__)
+            "max_task_retries": 0,  # the pool re-does the work itself, so it is recorded once
+        }
+        threads = max(1, int(vcfg.num_cpus))
+        self.actors = [
+            ray.remote(Validator).options(**options).remote(config, subset, threads)
+            for _ in range(vcfg.num_actors)
+        ]
+        self._started = False
+        self._inflight: set[tuple[str, int]] = set()
+        self._attempts: dict[tuple[str, int], int] = {}
+
+    async def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._jobs: asyncio.Queue = asyncio.Queue()
+        self._free: asyncio.Queue = asyncio.Queue()
+        for actor in self.actors:
+            self._free.put_nowait(actor)
+        # Work owed from before a restart: intake rows with no outcome yet.
+        for row in self.ledger.pending():
+            self._jobs.put_nowait((row["trial"], int(row["step"]), row["checkpoint"]))
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def submit(self, trial: str, step: int, path: str) -> bool:
+        """Queue a checkpoint once; → False when it is already queued, running or recorded."""
+        await self._start()
+        key = (trial, int(step))
+        if key in self.ledger.state() or key in self._inflight:
+            return False
+        self.ledger.append(
+            {"trial": trial, "step": int(step), "checkpoint": path, "status": "pending"}
+        )
+        self._jobs.put_nowait((trial, int(step), path))
+        return True
+
+    async def _dispatch(self) -> None:
+        while True:
+            trial, step, path = await self._jobs.get()
+            actor = await self._free.get()
+            self._inflight.add((trial, step))
+            asyncio.get_running_loop().create_task(self._run(actor, trial, step, path))
+
+    async def _run(self, actor, trial: str, step: int, path: str) -> None:
+        key = (trial, step)
+        t0 = time.time()
+        try:
+            result = await actor.validate.remote(path)
+            self.ledger.append(
+                {
+                    "trial": trial,
+                    "step": step,
+                    "checkpoint": path,
+                    "status": "done",
+                    "metrics": result,
+                    "queued_to_done_s": time.time() - t0,
+                    "attempts": self._attempts.get(key, 0) + 1,
+                }
+            )
+        except ray.exceptions.RayActorError as exc:
+            attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
+            if attempts <= self.cfg.validation.max_retries:
+                log.warning(
+                    "validator died on %s step %d; re-doing (attempt %d)", trial, step, attempts
+                )
+                self._jobs.put_nowait((trial, step, path))
+            else:
+                self._record_failure(trial, step, path, f"validator died {attempts} times: {exc}")
+            await self._revive(actor)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, Exception) else exc
+            reason = (
+                str(cause) if isinstance(cause, RaydrError) else f"{type(cause).__name__}: {cause}"
+            )
+            self._record_failure(trial, step, path, reason)
+        finally:
+            self._inflight.discard(key)
+            self._free.put_nowait(actor)
+
+    async def _revive(self, actor, timeout_s: float = 300.0) -> None:
+        # Ray restarts a dead validator (max_restarts=-1), but calls made while it restarts fail
+        # at once; wait until it answers so the re-do is not burnt on a restarting actor.
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            try:
+                await actor.ping.remote()
+                return
+            except ray.exceptions.RayActorError:
+                await asyncio.sleep(0.5)
+
+    def _record_failure(self, trial: str, step: int, path: str, reason: str) -> None:
+        self.ledger.append(
+            {"trial": trial, "step": step, "checkpoint": path, "status": "failed", "error": reason}
+        )
+
+    async def latest(self, trial: str) -> dict[str, Any] | None:
+        """The newest validated checkpoint of ``trial`` (highest step), or None."""
+        done = self.ledger.results(trial)
+        return done[-1] if done else None
+
+    async def results(self, trial: str | None = None) -> list[dict[str, Any]]:
+        return self.ledger.results(trial)
+
+    async def inflight(self) -> list[tuple[str, int]]:
+        return sorted(self._inflight)
+
+    async def idle(self) -> bool:
+        await self._start()
+        return self._jobs.empty() and not self._inflight
+
+    async def actor_handles(self) -> list:
+        return list(self.actors)
+
+
+def prepare_subset(cfg: RaydrConfig, out_dir: Path) -> list[str] | None:
+    """Pick the validation corpus subset once per run and save its ids beside the ledger.
+
+    A restarted run reuses the saved subset, so all its checkpoints are compared on one subset.
+    → None for the full corpus.
+    """
+    from raydr import atomic
+    from raydr.evaluate import load_split
+    from raydr.validation import sampling
+
+    scfg = cfg.validation.sampling
+    path = out_dir / "subset.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("sampling") != scfg.model_dump():
+            raise RaydrError(
+                f"{path}: saved with sampling {saved.get('sampling')}, but the config asks for "
+                f"{scfg.model_dump()}; use a new run name to change the subset"
+            )
+        return saved["doc_ids"]
+    split = load_split(cfg.data.path, cfg.validation.split).limit_queries(
+        cfg.validation.max_queries
+    )
+    pools: dict[str, set[str]] = {}
+    if scfg.strategy in {"bm25-pool", "union"}:
+        pools["bm25"] = sampling.bm25_pool(
+            split.passages, split.doc_ids, split.queries, scfg.depth, cfg.bm25
+        )
+    if scfg.strategy in {"dense-pool", "union"}:
+        from raydr.evaluate import DenseRetriever, search_and_score
+
+        retriever = DenseRetriever(cfg)  # the initial checkpoint: model.name
+        _, run = search_and_score(
+            cfg,
+            retriever.embed(split.passages, "passages"),
+            retriever.embed(split.queries, "queries"),
+            split.doc_ids,
+            split.query_ids,
+            split.qrels,
+        )
+        pools["dense"] = sampling.run_pool(run, scfg.depth)
+    subset = sampling.select(scfg, split.doc_ids, split.qrels, **pools)
+    sampling.check_queries(split.qrels, subset, cfg.validation.split)
+    atomic.write_json(path, {"sampling": scfg.model_dump(), "size": len(subset), "doc_ids": subset})
+    return None if scfg.strategy == "full" else subset
+
+
+def check_resources(cfg: RaydrConfig) -> None:
+    """Refuse GPU or custom-resource requests the cluster cannot meet, instead of hanging."""
+    vcfg = cfg.validation
+    total = ray.cluster_resources()
+    wants = {"GPU": vcfg.num_gpus, "CPU": vcfg.num_cpus, **vcfg.resources}
+    for name, per_actor in wants.items():
+        have = total.get(name, 0.0)
+        if per_actor > 0 and have < per_actor:
+            raise RaydrError(
+                f"validation: each validator asks for {name}={per_actor:g}, but the cluster has "
+                f"{have:g} {name}; set validation.num_gpus=0 on CPU clusters"
+                if name == "GPU"
+                else f"validation: each validator asks for {name}={per_actor:g}, but the cluster "
+                f"has {have:g} {name}"
+            )
+
+
+def start_pool(cfg: RaydrConfig):
+    """Create (or reattach to) the run's named pool. → actor handle."""
+    check_resources(cfg)
+    out_dir = validation_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subset = prepare_subset(cfg, out_dir)
+    return ValidationPool.options(
+        name=pool_name(cfg.name), namespace=NAMESPACE, get_if_exists=True, lifetime=None
+    ).remote(cfg.model_dump(mode="json"), subset, str(out_dir / "ledger.jsonl"))
+
+
+def wait_idle(pool, timeout_s: float = 3600.0, poll_s: float = 1.0) -> bool:
+    """Block the *driver* (never a trainer) until the pool has nothing queued or running."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if ray.get(pool.idle.remote()):
+            return True
+        time.sleep(poll_s)
+    return False

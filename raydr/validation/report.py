@@ -1,0 +1,84 @@
+"""Reading a run's ledger: the best checkpoint, exports, and the validation-curve plot."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from raydr.errors import RaydrError
+from raydr.validation.ledger import Ledger
+
+
+def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """Highest ``metric`` among done rows; ties go to the earlier step (less training)."""
+    scored = [r for r in rows if metric in r.get("metrics", {})]
+    if not scored:
+        return None
+    return max(scored, key=lambda r: (r["metrics"][metric], -r["step"]))
+
+
+def find_ledger(run: str | Path) -> Path:
+    run = Path(run)
+    for candidate in (run, run / "ledger.jsonl", run / "validation" / "ledger.jsonl"):
+        if candidate.is_file():
+            return candidate
+    raise RaydrError(f"{run}: no validation ledger (expected {run}/validation/ledger.jsonl)")
+
+
+def export(row: dict[str, Any], out: str | Path) -> Path:
+    """Copy the checkpoint's model (Hugging Face + sentence-transformers files) to ``out``."""
+    from raydr.atomic import atomic_dir
+    from raydr.training import checkpoint
+
+    src = Path(row["checkpoint"])
+    if not src.is_dir():
+        raise RaydrError(f"{src}: the best checkpoint is gone (was it pruned by num_to_keep?)")
+    with atomic_dir(out, overwrite=True) as tmp:
+        for item in src.iterdir():
+            if item.name == checkpoint.STATE:
+                continue  # optimizer state is for resuming, not for using the model
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+    return Path(out)
+
+
+def plot_curves(
+    ledger_path: str | Path,
+    metric: str,
+    out: str | Path | None = None,
+    stopped: set[str] | None = None,
+) -> Path:
+    """PNG of ``metric`` against step, one line per trial; early-stopped trials marked ×."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raydr.bench.common import save_figure
+
+    ledger_path = Path(ledger_path)
+    rows = Ledger(ledger_path).results()
+    out = Path(out) if out else ledger_path.with_name("validation_curve.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    trials = sorted({r["trial"] for r in rows})
+    for trial in trials:
+        pts = [
+            (r["step"], r["metrics"][metric])
+            for r in rows
+            if r["trial"] == trial and metric in r["metrics"]
+        ]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        line = ax.plot(xs, ys, marker="o", label=trial)[0]
+        if stopped and trial in stopped:
+            ax.plot(xs[-1], ys[-1], marker="x", markersize=12, color=line.get_color())
+    ax.set_xlabel("training step of the validated checkpoint")
+    ax.set_ylabel(f"{metric} (validation subset)")
+    ax.set_title("Asynchronous validation" + (" (× = stopped early)" if stopped else ""))
+    if trials:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,235 @@
+"""The asynchronous validation pool on a real local Ray cluster with a logical GPU."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from raydr import config
+from raydr.errors import RaydrError
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # One logical GPU: validators with num_gpus=0.25 share its reservation; code runs on CPU.
+    ray.init(num_cpus=2, num_gpus=1, object_store_memory=150 * 1024**2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _cfg(tmp_path: Path, dataset: Path, model: Path, **validation) -> config.RaydrConfig:
+    tree = {
+        "name": f"pool-{tmp_path.name}",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {
+            "name": str(model),
+            "dtype": "fp32",
+            "query_max_length": 16,
+            "passage_max_length": 32,
+        },
+        "data": {"path": str(dataset), "split": "test"},
+        "eval": {"depth": 20, "batch_size": 8},
+        "validation": {
+            "num_actors": 2,
+            "num_gpus": 0.25,
+            "num_cpus": 0,
+            "sampling": {"strategy": "random", "size": 10, "seed": 3},
+            **validation,
+        },
+    }
+    return config.build(tree, "test").with_absolute_paths()
+
+
+def _checkpoint(root: Path, model_dir: Path, step: int, cfg: config.RaydrConfig) -> Path:
+    """A real raydr checkpoint of the tiny model with step-dependent weights."""
+    from transformers import AutoTokenizer
+
+    from raydr.model.encoder import DualEncoder
+    from raydr.training import checkpoint
+
+    model = DualEncoder.from_config(cfg.model)
+    torch.manual_seed(step)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = root / f"checkpoint_step_{step:07d}"
+    checkpoint.write(
+        path,
+        model,
+        AutoTokenizer.from_pretrained(model_dir),
+        cfg.model_dump(mode="json"),
+        step=step,
+        epoch=0,
+    )
+    return path
+
+
+def _wait(pool, timeout: float = 120) -> None:
+    from raydr.validation.pool import wait_idle
+
+    assert wait_idle(pool, timeout_s=timeout, poll_s=0.2)
+
+
+def test_two_checkpoints_validated_concurrently_and_match_evaluate(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.evaluate import evaluate
+    from raydr.validation.pool import start_pool
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir)
+    ckpts = [_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (10, 20)]
+    pool = start_pool(cfg)
+    # Warm both actors first so the timing below measures validation, not start-up.
+    ray.get([a.warm.remote() for a in ray.get(pool.actor_handles.remote())])
+    assert all(
+        ray.get([pool.submit.remote("t", s, str(c)) for s, c in zip((10, 20), ckpts, strict=True)])
+    )
+    _wait(pool)
+    rows = ray.get(pool.results.remote("t"))
+    assert [r["step"] for r in rows] == [10, 20]
+    a, b = (r["metrics"] for r in rows)
+    assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"], (
+        "not concurrent"
+    )
+    subset = json.loads((cfg.run_dir / "validation" / "subset.json").read_text())["doc_ids"]
+    assert a["subset_size"] == len(subset) == 10 + 10  # 10 random + 10 judged docs
+    # The pool and `raydr evaluate` on the same checkpoint and subset agree.
+    for row, ckpt in zip(rows, ckpts, strict=True):
+        direct = evaluate(cfg, model_path=str(ckpt), progress=False, subset=subset)
+        for name, value in direct.metrics.items():
+            assert row["metrics"][name] == pytest.approx(value, abs=1e-6), name
+        assert row["metrics"]["checkpoint_step"] == row["step"]
+        assert row["metrics"]["primary_metric"] == "nDCG@10"
+    ray.kill(pool)
+
+
+def test_actor_killed_mid_validation_is_redone_exactly_once(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1, sampling={"strategy": "full"})
+    ckpt = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 5, cfg)
+    pool = start_pool(cfg)
+    (actor,) = ray.get(pool.actor_handles.remote())
+    ray.get(actor.warm.remote())
+    ray.get(pool.submit.remote("t", 5, str(ckpt)))
+    deadline = time.time() + 30
+    while not ray.get(pool.inflight.remote()) and time.time() < deadline:
+        time.sleep(0.005)
+    ray.kill(actor, no_restart=False)  # a real process kill; Ray restarts the actor
+    _wait(pool)
+    rows = [
+        r
+        for r in Ledger(cfg.run_dir / "validation" / "ledger.jsonl").rows()
+        if r["status"] != "pending"
+    ]
+    assert len(rows) == 1 and rows[0]["status"] == "done"
+    assert rows[0]["attempts"] == 2  # the killed attempt, then the re-do
+    # Submitting the same checkpoint again is refused: exactly once.
+    assert ray.get(pool.submit.remote("t", 5, str(ckpt))) is False
+    ray.kill(pool)
+
+
+def test_unloadable_checkpoint_fails_with_reason_and_pool_keeps_serving(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir)
+    bad = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 1, cfg)
+    (bad / "model.safetensors").write_bytes(b"truncated")
+    good = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 2, cfg)
+    pool = start_pool(cfg)
+    ray.get(pool.submit.remote("t", 1, str(bad)))
+    ray.get(pool.submit.remote("t", 2, str(good)))
+    _wait(pool)
+    state = Ledger(cfg.run_dir / "validation" / "ledger.jsonl").state()
+    assert state[("t", 1)]["status"] == "failed"
+    assert "cannot load" in state[("t", 1)]["error"] and str(bad) in state[("t", 1)]["error"]
+    assert state[("t", 2)]["status"] == "done"
+    ray.kill(pool)
+
+
+def test_ledger_survives_pool_restart_and_owed_work_is_done(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir)
+    c1, c2 = (_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (1, 2))
+    pool = start_pool(cfg)
+    ray.get(pool.submit.remote("t", 1, str(c1)))
+    _wait(pool)
+    ray.kill(pool)
+    ledger = Ledger(cfg.run_dir / "validation" / "ledger.jsonl")
+    # Work taken in but not finished when the pool died, plus a torn line from the crash.
+    ledger.append({"trial": "t", "step": 2, "checkpoint": str(c2), "status": "pending"})
+    with open(ledger.path, "a") as fh:
+        fh.write('{"trial": "t", "st')
+    pool = start_pool(cfg)  # a new pool process over the same ledger
+    assert ray.get(pool.submit.remote("t", 1, str(c1))) is False  # already validated
+    _wait(pool)
+    rows = ray.get(pool.results.remote("t"))
+    assert [r["step"] for r in rows] == [1, 2]
+    ray.kill(pool)
+
+
+def test_train_pushes_every_checkpoint_to_the_pool(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.config import BM25Config
+    from raydr.mining.bm25 import mine_bm25_negatives
+    from raydr.training.trainer import train
+    from raydr.validation.report import best_row
+
+    negatives = tmp_path / "neg.parquet"
+    mine_bm25_negatives(tiny_dataset, "test", negatives, 5, BM25Config())
+    tree = _cfg(tmp_path, tiny_dataset, tiny_model_dir).model_dump(mode="json")
+    tree["training"] = {
+        "split": "test",
+        "negatives": str(negatives),
+        "group_size": 2,
+        "batch_size": 2,
+        "epochs": 3,
+        "checkpoint_every": 1,
+        "num_workers": 2,
+        "lr": 1e-3,
+        "storage_path": str(tmp_path / "storage"),
+    }
+    result, rows = train(config.build(tree, "test"))
+    assert result.error is None and result.metrics["step"] == 3
+    assert [r["step"] for r in rows] == [1, 2, 3]  # every checkpoint validated, the last too
+    assert all(Path(r["checkpoint"]).is_dir() for r in rows)
+    assert best_row(rows, "nDCG@10") is not None
+
+
+def test_bad_validation_input(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.pool import check_resources, prepare_subset
+    from raydr.validation.sampling import check_queries
+
+    with pytest.raises(RaydrError, match="asks for GPU=2, but the cluster has 1 GPU"):
+        check_resources(_cfg(tmp_path, tiny_dataset, tiny_model_dir, num_gpus=2))
+    with pytest.raises(
+        RaydrError, match=r"sampling\.size=500 is larger than the corpus allows: 40 docs"
+    ):
+        prepare_subset(
+            _cfg(
+                tmp_path, tiny_dataset, tiny_model_dir, sampling={"strategy": "random", "size": 500}
+            ),
+            tmp_path,
+        )
+    with pytest.raises(RaydrError, match="no query has a relevant judged doc in the corpus subset"):
+        check_queries({"q0": {"bio-0": 1}}, ["astro-1", "geo-2"], "test")

@@ -1,0 +1,91 @@
+"""Ledger, sampling strategies and watch mode, without Ray."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from raydr.config import BM25Config, SamplingConfig
+from raydr.errors import RaydrError
+from raydr.validation import sampling
+from raydr.validation.ledger import Ledger
+from raydr.validation.watch import Watcher
+
+DOCS = [f"d{i}" for i in range(50)]
+QRELS = {"q1": {"d3": 1, "d7": 0}, "q2": {"d40": 2}}
+
+
+def test_random_subset_keeps_judged_docs_and_is_seeded() -> None:
+    cfg = SamplingConfig(strategy="random", size=10, seed=1)
+    a = sampling.select(cfg, DOCS, QRELS)
+    assert {"d3", "d7", "d40"} <= set(a) and len(a) == 13
+    assert a == sampling.select(cfg, DOCS, QRELS)
+    assert a != sampling.select(SamplingConfig(strategy="random", size=10, seed=2), DOCS, QRELS)
+    assert a == [d for d in DOCS if d in set(a)]  # corpus order
+
+
+def test_pools_and_union() -> None:
+    texts = [f"word{i} common" for i in range(50)]
+    bm25 = sampling.bm25_pool(
+        texts, DOCS, ["word5", "word9"], depth=1, cfg=BM25Config(stemmer="none")
+    )
+    assert bm25 == {"d5", "d9"}
+    dense = sampling.run_pool({"q1": {"d1": 0.9, "d2": 0.1}, "q2": {"d8": 0.5}}, depth=1)
+    assert dense == {"d1", "d8"}
+    union = sampling.select(SamplingConfig(strategy="union"), DOCS, QRELS, bm25=bm25, dense=dense)
+    assert set(union) == {"d3", "d7", "d40"} | bm25 | dense
+    with pytest.raises(ValueError, match="needs the dense pool"):
+        sampling.select(SamplingConfig(strategy="dense-pool"), DOCS, QRELS)
+
+
+def test_subset_errors() -> None:
+    with pytest.raises(RaydrError, match=r"size=100 is larger than the corpus allows: 50 docs, 47"):
+        sampling.select(SamplingConfig(strategy="random", size=100), DOCS, QRELS)
+    kept = sampling.check_queries(QRELS, ["d3"], "test")
+    assert set(kept) == {"q1"}  # q2's only relevant doc is outside the subset
+
+
+def test_ledger_state_is_exactly_once_and_tolerates_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    ledger.append({"trial": "a", "step": 1, "checkpoint": "c1", "status": "pending"})
+    ledger.append(
+        {"trial": "a", "step": 1, "checkpoint": "c1", "status": "done", "metrics": {"m": 1}}
+    )
+    ledger.append({"trial": "a", "step": 1, "checkpoint": "c1", "status": "failed"})  # ignored
+    ledger.append({"trial": "a", "step": 2, "checkpoint": "c2", "status": "pending"})
+    with open(path, "a") as fh:
+        fh.write('{"trial": "a", "ste')  # a crash mid-append
+    again = Ledger(path)  # a new writer repairs the tail
+    assert path.read_text().endswith("\n")
+    assert [r["step"] for r in again.results()] == [1]
+    assert again.state()[("a", 1)]["status"] == "done"
+    assert [r["step"] for r in again.pending()] == [2]
+    again.append({"trial": "a", "step": 2, "checkpoint": "c2", "status": "done", "metrics": {}})
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_watch_ignores_half_written_and_hidden_folders(tmp_path: Path) -> None:
+    watcher = Watcher(tmp_path, settle_s=0.3)
+    foreign = tmp_path / "checkpoint-500"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    assert watcher.poll() == []  # no weights yet
+    (foreign / "model.safetensors").write_bytes(b"x" * 10)
+    assert watcher.poll() == []  # just appeared: maybe still being written
+    (foreign / "model.safetensors").write_bytes(b"x" * 20)  # still growing
+    time.sleep(0.35)
+    assert watcher.poll() == []  # changed since the last poll
+    time.sleep(0.35)
+    assert watcher.poll() == [foreign]  # unchanged for settle_s: complete
+    assert watcher.poll() == []  # reported once
+    hidden = tmp_path / ".checkpoint_step_0000001.abc.tmp"  # raydr's atomic temp name
+    hidden.mkdir()
+    (hidden / "raydr.json").write_text("{}")
+    ours = tmp_path / "checkpoint_step_0000002"
+    ours.mkdir()
+    (ours / "raydr.json").write_text("{}")
+    assert watcher.poll() == [ours]  # raydr checkpoints appear by rename: ready at once
