@@ -124,8 +124,9 @@ def _cmd_validate(args: argparse.Namespace) -> None:
             raise RaydrError(f"{path}: checkpoint folder not found")
     if args.watch is not None and not args.watch.is_dir():
         raise RaydrError(f"--watch {args.watch}: not a directory")
-    if not ray.is_initialized():
-        ray.init()
+    from raydr.training.trainer import init_ray
+
+    init_ray(cfg)
     pool = start_pool(cfg.with_absolute_paths())
     trial = args.trial or cfg.name
     for path in args.checkpoints:
@@ -176,6 +177,14 @@ def _cmd_best(args: argparse.Namespace) -> None:
         print(f"exported to {export(best, args.export)}")
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from raydr import config
+    from raydr.tuning import format_summary, run_search
+
+    cfg = config.load(args.config, args.overrides)
+    print(format_summary(run_search(cfg)))
+
+
 def _cmd_mine(args: argparse.Namespace) -> None:
     from raydr import config
     from raydr.mining.bm25 import mine_bm25_negatives
@@ -213,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", _cmd_evaluate, "dense retrieval quality of a model or checkpoint"),
         ("bm25", _cmd_bm25, "BM25 baseline run and metrics (bm25s)"),
         ("train", _cmd_train, "Ray Train dual-encoder training (cross-batch negatives)"),
+        ("tune", _cmd_tune, "Ray Tune search, early-stopped on validation metrics"),
         (
             "mine-negatives",
             _cmd_mine,
@@ -263,8 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = benches.add_parser("encode", help="encoding throughput and FLOP/s vs matmul peak")
     encode_args(p)
     p.set_defaults(func=_cmd_bench_encode)
+    from raydr.bench.fidelity import add_arguments as fid_args
+    from raydr.bench.fidelity import main as fid_main
     from raydr.bench.train_step import add_arguments as step_args
     from raydr.bench.train_step import main as step_main
+
+    p = benches.add_parser(
+        "validation-fidelity", help="subset strategies: Kendall tau and speed vs full"
+    )
+    fid_args(p)
+    p.set_defaults(func=fid_main)
+
+    from raydr.bench.async_validation import add_arguments as async_args
+    from raydr.bench.async_validation import main as async_main
+
+    p = benches.add_parser("async", help="training wall time: inline validation vs the actor pool")
+    async_args(p)
+    p.set_defaults(func=async_main)
 
     p = benches.add_parser("train-step", help="step time: cross-batch gather vs in-batch only")
     step_args(p)

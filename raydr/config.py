@@ -127,6 +127,10 @@ class TrainingConfig(Section):
     storage_path: str = "runs"
     num_to_keep: PositiveInt | None = None
     max_failures: int = Field(2, ge=-1)
+    cpus: list[int] | None = Field(
+        None,
+        description="pin training workers to these CPU cores (Linux; e.g. to keep validators apart)",
+    )
 
     @model_validator(mode="after")
     def _elastic_range(self) -> TrainingConfig:
@@ -148,6 +152,9 @@ class ValidationConfig(Section):
     """Asynchronous checkpoint validation by a pool of warm actors."""
 
     enabled: bool = True
+    mode: Literal["pool", "inline"] = Field(
+        "pool", description="inline = rank 0 validates in the loop (the naive baseline)"
+    )
     split: str = Field("test", description="qrels split whose queries validate checkpoints")
     max_queries: PositiveInt | None = None
     num_actors: PositiveInt = 2
@@ -160,6 +167,49 @@ class ValidationConfig(Section):
     batch_size: PositiveInt = 64
     write_run: bool = False
     max_retries: int = Field(2, ge=0, description="re-dos of a checkpoint whose actor died")
+    cpus: list[int] | None = Field(
+        None, description="pin validator actors to these CPU cores (Linux)"
+    )
+
+
+class SchedulerConfig(Section):
+    type: Literal["asha", "median", "none"] = "asha"
+    grace_period: PositiveInt = Field(
+        1, description="validated steps before a trial can be stopped"
+    )
+    reduction_factor: float = Field(2.0, gt=1)
+    max_t: PositiveInt | None = Field(None, description="validated steps (default: training steps)")
+
+
+class TuneConfig(Section):
+    """Ray Tune search; the scheduler reads the validators' metric at the validated step."""
+
+    metric: str | None = Field(None, description="default: eval.primary_metric")
+    mode: Literal["max", "min"] = "max"
+    num_samples: PositiveInt | Literal["auto"] = 4
+    max_concurrent_trials: PositiveInt | Literal["auto"] = "auto"
+    search_alg: Literal["random", "grid", "optuna"] = "random"
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="dotted config field → {choice|grid|uniform|loguniform|randint: ...}",
+    )
+    storage_path: str = "runs/tune"
+    trial_cpus: float = Field(0.01, gt=0, description="the Tune function's own CPU share")
+    seed: int | None = None
+
+
+class RayConfig(Section):
+    """Where to run. ``address: null`` starts a local Ray in-process (laptop, CI, tests)."""
+
+    address: str | None = Field(None, description='"auto" or ray://host:port for a cluster')
+    num_cpus: PositiveInt | None = None
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="logical GPUs for a local Ray (lets fractional reservations work on a CPU)",
+    )
+    object_store_memory: PositiveInt | None = None
 
 
 class RaydrConfig(Section):
@@ -175,6 +225,8 @@ class RaydrConfig(Section):
     bm25: BM25Config = Field(default_factory=BM25Config)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     # Ray starts workers with one torch thread; use the CPUs this worker reserved.
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+    pin_cpus(tcfg.cpus)
     device = ray.train.torch.get_device()
     dtype = resolve_dtype(cfg.model.dtype, device)
 
@@ -84,6 +86,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
     # --- the loop
+    t_start = time.perf_counter()
     step = start_step
     epoch = start_step // max(1, steps_per_epoch)
     ddp_model.train()
@@ -129,17 +132,77 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     "grad_norm": float(grad_norm),
                     "pairs_per_s": pairs_since / (now - t_last),
                     "resumed_from_step": start_step,
+                    "elapsed_s": now - t_start,
                     "negatives_per_query": loss_fn.negatives_per_query(
                         tcfg.batch_size, tcfg.group_size, world
                     ),
                 }
+                if rank == 0 and loop_config.get("report_validation"):
+                    metrics.update(_latest_validation(loop_config, cfg, step))
                 _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, scheduler)
                 if rank == 0 and loop_config.get("pool"):
                     _submit(loop_config, step)
+                elif rank == 0 and loop_config.get("inline"):
+                    _validate_inline(loop_config, step)
                 t_last, pairs_since = time.perf_counter(), 0
             if step >= total_steps:
                 break
         epoch += 1
+
+
+def pin_cpus(cpus: list[int] | None) -> None:
+    """Pin this process to ``cpus`` (Linux), so training and validation stop competing."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cpus))
+        torch.set_num_threads(len(cpus))
+
+
+_inline_validator = None
+
+
+def _validate_inline(loop_config: dict[str, Any], step: int) -> None:
+    """The naive loop: validate right here and make every worker wait (benchmark baseline)."""
+    global _inline_validator
+    import json
+
+    from raydr.training import checkpoint
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.validator import Validator
+
+    vdir = loop_config["inline"]
+    if _inline_validator is None:
+        subset = json.loads((Path(vdir) / "subset.json").read_text())["doc_ids"]
+        _inline_validator = Validator(
+            loop_config["config"], subset, threads=torch.get_num_threads()
+        )
+    path = f"{loop_config['storage']}/{loop_config['config']['name']}/{checkpoint.dir_name(step)}"
+    result = _inline_validator.validate(path)
+    Ledger(Path(vdir) / "ledger.jsonl").append(
+        {
+            "trial": loop_config["trial"],
+            "step": step,
+            "checkpoint": path,
+            "status": "done",
+            "metrics": result,
+        }
+    )
+
+
+def _latest_validation(loop_config: dict[str, Any], cfg: RaydrConfig, step: int) -> dict[str, Any]:
+    """The newest validated metrics of this trial's own checkpoints, with the step they were
+    measured on (Tune's time attribute), so the scheduler never sees a stale value as new."""
+    import ray
+
+    from raydr.validation.pool import NAMESPACE
+
+    pool = ray.get_actor(loop_config["pool"], namespace=NAMESPACE)
+    # An immediate lookup in the pool's ledger, not a wait for any validation to finish.
+    latest = ray.get(pool.latest.remote(loop_config["trial"]))
+    if latest is None:
+        return {}
+    out = {name: latest["metrics"][name] for name in cfg.eval.metrics}
+    out.update(validated_step=latest["step"], validation_lag_steps=step - latest["step"])
+    return out
 
 
 def _submit(loop_config: dict[str, Any], step: int) -> None:

@@ -48,6 +48,8 @@ def build_trainer(
     loop=None,
     pool: str | None = None,
     trial: str | None = None,
+    inline: str | None = None,
+    report_validation: bool = False,
 ):
     """``pool``: the name of a running ValidationPool that rank 0 pushes checkpoints to;
     ``trial``: the ledger's trial name (default: the run name)."""
@@ -72,6 +74,8 @@ def build_trainer(
             "config": cfg.model_dump(mode="json"),
             "threads": threads,
             "pool": pool,
+            "inline": inline,
+            "report_validation": report_validation,
             "trial": trial or cfg.name,
             "storage": storage,
         },
@@ -131,6 +135,27 @@ def check_existing_checkpoints(cfg: RaydrConfig) -> None:
             ) from None
 
 
+def init_ray(cfg: RaydrConfig) -> None:
+    """Connect to ``ray.address``, or start a local Ray sized by the ``ray`` section."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    rcfg = cfg.ray
+    if rcfg.address:
+        try:
+            ray.init(address=rcfg.address)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RaydrError(f"ray.address={rcfg.address!r}: cannot connect ({exc})") from None
+        return
+    # Keep the dashboard: Train V2's placement-group cleaner polls the State API it serves.
+    ray.init(
+        num_cpus=rcfg.num_cpus,
+        num_gpus=rcfg.num_gpus,
+        object_store_memory=rcfg.object_store_memory,
+    )
+
+
 def train(cfg: RaydrConfig):
     """Fit, with the validation pool validating every checkpoint asynchronously when enabled.
 
@@ -141,14 +166,25 @@ def train(cfg: RaydrConfig):
 
     preflight(cfg)
     check_existing_checkpoints(cfg)
-    if not ray.is_initialized():
-        # Keep the dashboard: Train V2's placement-group cleaner polls the State API it serves.
-        ray.init()
+    init_ray(cfg)
     check_capacity(cfg)
     if not cfg.validation.enabled:
         return build_trainer(cfg).fit(), None
-    from raydr.validation.pool import pool_name, start_pool, wait_idle
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import (
+        pool_name,
+        prepare_subset,
+        start_pool,
+        validation_dir,
+        wait_idle,
+    )
 
+    if cfg.validation.mode == "inline":
+        vdir = validation_dir(cfg)
+        vdir.mkdir(parents=True, exist_ok=True)
+        prepare_subset(cfg, vdir)
+        result = build_trainer(cfg, inline=str(vdir)).fit()
+        return result, Ledger(vdir / "ledger.jsonl").results(cfg.name)
     pool = start_pool(cfg.with_absolute_paths())
     result = build_trainer(cfg, pool=pool_name(cfg.name)).fit()
     log.info("training finished; waiting for pending validations")

@@ -151,6 +151,11 @@ class ValidationPool:
     async def results(self, trial: str | None = None) -> list[dict[str, Any]]:
         return self.ledger.results(trial)
 
+    async def owed(self, trial: str) -> int:
+        """Checkpoints of ``trial`` taken in but not yet done or failed."""
+        await self._start()
+        return sum(1 for r in self.ledger.pending() if r["trial"] == trial)
+
     async def inflight(self) -> list[tuple[str, int]]:
         return sorted(self._inflight)
 

@@ -32,10 +32,12 @@ class Validator:
         import torch
 
         from raydr.evaluate import load_split
+        from raydr.training.loop import pin_cpus
 
         torch.set_num_threads(max(1, int(threads)))  # Ray actors start with one thread
         self.cfg = RaydrConfig.model_validate(config)
         vcfg = self.cfg.validation
+        pin_cpus(vcfg.cpus)
         split = load_split(self.cfg.data.path, vcfg.split).limit_queries(vcfg.max_queries)
         self.split = split.restrict(subset) if subset is not None else split
         self._tokens: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}

@@ -1,0 +1,181 @@
+"""Ray Tune over Ray Train with the shared validation pool, on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raydr import config
+from raydr.errors import RaydrError
+
+pytestmark = pytest.mark.ray
+
+
+def _tree(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> dict:
+    return {
+        "name": "tiny-tune",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {
+            "name": str(model),
+            "dtype": "fp32",
+            "query_max_length": 16,
+            "passage_max_length": 32,
+        },
+        "data": {"path": str(dataset), "split": "test"},
+        "eval": {"depth": 20, "batch_size": 8},
+        "training": {
+            "split": "test",
+            "negatives": str(negatives),
+            "group_size": 2,
+            "batch_size": 1,
+            "epochs": 4,
+            "checkpoint_every": 4,
+            "num_workers": 1,
+            "warmup_ratio": 0.0,
+            "storage_path": str(tmp_path / "storage"),
+        },
+        "validation": {
+            "num_actors": 1,
+            "num_cpus": 0,
+            "num_gpus": 0.25,
+            "sampling": {"strategy": "full"},
+        },
+        "ray": {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 1024**2},
+        "tune": {
+            "space": {"training.lr": {"grid": [3e-3, 1e-9]}},  # a learning trial, then a frozen one
+            "max_concurrent_trials": 1,
+            "scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2},
+            "storage_path": str(tmp_path / "tune"),
+        },
+    }
+
+
+@pytest.fixture
+def negatives(tmp_path: Path, tiny_dataset: Path) -> Path:
+    from raydr.config import BM25Config
+    from raydr.mining.bm25 import mine_bm25_negatives
+
+    out = tmp_path / "neg.parquet"
+    mine_bm25_negatives(tiny_dataset, "test", out, 5, BM25Config())
+    return out
+
+
+def test_bad_search_input_is_refused_before_any_trial(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from raydr.tuning import check_metric, parse_space
+
+    tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    cases = [
+        (
+            {"space": {"training.lrr": {"uniform": [0, 1]}}},
+            r"tune\.space\.training\.lrr: no such config field; did you mean 'training\.lr'",
+        ),
+        (
+            {"space": {"training.lr": {"loguniform": [0, 1e-3]}}},
+            r"loguniform needs \[low, high\] with 0 < low < high, got \[0, 0\.001\]",
+        ),
+        (
+            {"space": {"training.lr": {"uniform": [1e-3, 1e-5]}}},
+            r"uniform needs \[low, high\] with low < high",
+        ),
+        (
+            {"space": {"training.temperature": {"choice": [0.05, -1]}}},
+            r"training\.temperature: value -1 is not valid: Input should be greater than 0",
+        ),
+        ({"space": {"training.lr": {"normal": [0, 1]}}}, r"expected one of \{choice, grid"),
+    ]
+    for tune_part, pattern in cases:
+        cfg = config.build({**tree, "tune": {**tree["tune"], **tune_part}}, "t")
+        with pytest.raises(RaydrError, match=pattern):
+            parse_space(cfg)
+    cfg = config.build({**tree, "tune": {**tree["tune"], "metric": "nDCG@20"}}, "t")
+    with pytest.raises(
+        RaydrError, match=r"tune\.metric 'nDCG@20' is not produced by the validators"
+    ):
+        check_metric(cfg)
+
+
+def test_asha_stops_the_bad_trial_on_validation_metrics(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    import ray
+
+    from raydr.tuning import run_search
+    from raydr.validation.ledger import Ledger
+
+    cfg = config.build(_tree(tmp_path, tiny_dataset, tiny_model_dir, negatives), "t")
+    try:
+        summary = run_search(cfg)
+    finally:
+        ray.shutdown()
+    trials = {t["config"]["training.lr"]: t for t in summary["trials"]}
+    good, bad = trials[3e-3], trials[1e-9]
+    assert good["stopped_early"] is False and good["best_metric"] is not None
+    assert bad["stopped_early"] is True, "ASHA should have stopped the frozen trial"
+    # It was judged on a validated metric: the ledger holds its checkpoint at the grace step,
+    # scoring below the learning trial's at the same step.
+    ledger = Ledger(tmp_path / "runs" / "tiny-tune" / "validation" / "ledger.jsonl")
+    at4 = {r["trial"]: r["metrics"]["nDCG@10"] for r in ledger.results() if r["step"] == 4}
+    assert at4[bad["trial"]] < at4[good["trial"]]
+    # Every checkpoint the stopped trial submitted was validated and recorded (nothing owed).
+    assert not [r for r in ledger.pending() if r["trial"] == bad["trial"]]
+    assert summary["trial_steps_run"] < summary["trial_steps_without_scheduler"]
+    assert Path(summary["best_model"], "config.json").is_file()
+    assert Path(summary["plot"]).is_file()
+    assert list((tmp_path / "tune" / "tiny-tune").rglob("events.out.tfevents*")), (
+        "no TensorBoard logs"
+    )
+
+
+def test_rerun_after_the_driver_is_killed_resumes_the_search(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    tree["tune"]["scheduler"] = {"type": "none"}
+    job = tmp_path / "tune.yaml"
+    job.write_text(yaml.safe_dump(tree))
+    cmd = [sys.executable, "-m", "raydr.cli", "tune", str(job)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    exp = tmp_path / "tune" / "tiny-tune"
+    deadline = time.time() + 240
+    # Kill the whole driver (and its in-process Ray) once the first trial has finished.
+    while time.time() < deadline and not _finished_trials(exp):
+        time.sleep(1)
+    assert _finished_trials(exp), "the first trial never finished"
+    first = _finished_trials(exp)[0]
+    rows_before = _progress_rows(first)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "runs" / "tiny-tune" / "summary.json").read_text())
+    assert len(summary["trials"]) == 2 and all(not t["stopped_early"] for t in summary["trials"])
+    assert _progress_rows(first) == rows_before, "a finished trial was run again"
+
+
+def _finished_trials(exp: Path) -> list[Path]:
+    out = []
+    for progress in sorted(exp.glob("*/progress.csv")):
+        with open(progress) as fh:
+            if any(row.get("trial_complete") == "1" for row in csv.DictReader(fh)):
+                out.append(progress.parent)
+    return out
+
+
+def _progress_rows(trial_dir: Path) -> int:
+    with open(trial_dir / "progress.csv") as fh:
+        return sum(1 for _ in csv.DictReader(fh))
