@@ -300,8 +300,9 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         )
     grid = tuner.fit()
     wait_idle(pool)  # checkpoints of stopped trials are still being validated
-    summary = summarize(cfg, grid, metric, steps)
-    return summary
+    ray.get(pool.close.remote())
+    ray.kill(pool)
+    return summarize(cfg, grid, metric, steps)
 
 
 def summarize(cfg: RaydrConfig, grid, metric: str, total_steps: int) -> dict[str, Any]:
@@ -317,7 +318,9 @@ def summarize(cfg: RaydrConfig, grid, metric: str, total_steps: int) -> dict[str
         trial_id = (result.metrics or {}).get("trial_id", trial)
         rows = ledger.results(trial_id)
         best = best_row(rows, metric)
-        complete = bool((result.metrics or {}).get("trial_complete"))
+        # Stopped early = its training did not reach the last step (the scheduler cut it).
+        last_step = (result.metrics or {}).get("step") or 0
+        complete = last_step >= total_steps
         if not complete:
             stopped.add(trial_id)
         trials.append(

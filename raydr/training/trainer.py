@@ -190,5 +190,6 @@ def train(cfg: RaydrConfig):
     log.info("training finished; waiting for pending validations")
     wait_idle(pool)
     rows = ray.get(pool.results.remote(cfg.name))
+    ray.get(pool.close.remote())
     ray.kill(pool)
     return result, rows

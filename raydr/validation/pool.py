@@ -151,6 +151,11 @@ class ValidationPool:
     async def results(self, trial: str | None = None) -> list[dict[str, Any]]:
         return self.ledger.results(trial)
 
+    async def close(self) -> None:
+        """Stop dispatching (call before killing the pool, so it exits without noise)."""
+        if self._started:
+            self._dispatcher.cancel()
+
     async def owed(self, trial: str) -> int:
         """Checkpoints of ``trial`` taken in but not yet done or failed."""
         await self._start()

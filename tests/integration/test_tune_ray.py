@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -52,6 +51,7 @@ def _tree(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> dict:
         "ray": {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 1024**2},
         "tune": {
             "space": {"training.lr": {"grid": [3e-3, 1e-9]}},  # a learning trial, then a frozen one
+            "num_samples": 1,
             "max_concurrent_trials": 1,
             "scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2},
             "storage_path": str(tmp_path / "tune"),
@@ -150,16 +150,17 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     exp = tmp_path / "tune" / "tiny-tune"
-    deadline = time.time() + 240
-    # Kill the whole driver (and its in-process Ray) once the first trial has finished.
-    while time.time() < deadline and not _finished_trials(exp):
-        time.sleep(1)
-    assert _finished_trials(exp), "the first trial never finished"
-    first = _finished_trials(exp)[0]
-    rows_before = _progress_rows(first)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+    try:
+        deadline = time.time() + 240
+        # Kill the whole driver (and its in-process Ray) once the first trial has finished.
+        while time.time() < deadline and not _finished_trials(exp):
+            time.sleep(1)
+        assert _finished_trials(exp), "the first trial never finished"
+        first = _finished_trials(exp)[0]
+        rows_before = _progress_rows(first)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()  # its in-process Ray shares the process group, so it dies with it
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "runs" / "tiny-tune" / "summary.json").read_text())
@@ -167,15 +168,26 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
     assert _progress_rows(first) == rows_before, "a finished trial was run again"
 
 
+def _results(trial_dir: Path) -> list[dict]:
+    # result.json holds every reported result, one JSON object a line (progress.csv keeps only
+    # the columns of the first result).
+    path = trial_dir / "result.json"
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
+
+
 def _finished_trials(exp: Path) -> list[Path]:
-    out = []
-    for progress in sorted(exp.glob("*/progress.csv")):
-        with open(progress) as fh:
-            if any(row.get("trial_complete") == "1" for row in csv.DictReader(fh)):
-                out.append(progress.parent)
-    return out
+    if not exp.is_dir():
+        return []
+    return [
+        d
+        for d in sorted(p for p in exp.iterdir() if p.is_dir())
+        if any(r.get("trial_complete") for r in _results(d))
+    ]
 
 
 def _progress_rows(trial_dir: Path) -> int:
-    with open(trial_dir / "progress.csv") as fh:
-        return sum(1 for _ in csv.DictReader(fh))
+    return len(_results(trial_dir))
