@@ -25,7 +25,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from raydr.evaluate import evaluate, format_table
 
     cfg = config.load(args.config, args.overrides)
-    result = evaluate(cfg, model_path=args.model, progress=not args.quiet)
+    subset = None
+    if args.subset is not None:
+        try:
+            subset = json.loads(args.subset.read_text())["doc_ids"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RaydrError(
+                f"--subset {args.subset}: expected a validation subset.json ({exc})"
+            ) from None
+    result = evaluate(cfg, model_path=args.model, progress=not args.quiet, subset=subset)
     print(format_table(result))
     print(
         f"[{result.info['split']}: {result.info['num_queries']} queries, "
@@ -235,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         if name == "evaluate":
             p.add_argument("--model", help="model folder to score instead of model.name")
+            p.add_argument(
+                "--subset",
+                type=Path,
+                help="a run's validation/subset.json: score on the validators' queries and docs",
+            )
         if name == "train":
             p.add_argument(
                 "--no-eval", action="store_true", help="skip evaluating the final checkpoint"

@@ -196,9 +196,11 @@ def evaluate(
     ``subset`` restricts the corpus to those doc ids (a validation subset, for comparison).
     """
     t0 = time.perf_counter()
-    split = load_split(cfg.data.path, cfg.data.split)
-    if subset is not None:
-        split = split.restrict(subset)
+    if subset is not None:  # score exactly as the validators do: their queries, their docs
+        split = load_split(cfg.data.path, cfg.validation.split)
+        split = split.limit_queries(cfg.validation.max_queries).restrict(subset)
+    else:
+        split = load_split(cfg.data.path, cfg.data.split)
     retriever = DenseRetriever(cfg, model_path)
     t_load = time.perf_counter()
     doc_emb = retriever.embed(split.passages, "passages", progress)
@@ -222,7 +224,8 @@ def evaluate(
         info={
             "model": model_path or cfg.model.name,
             "data": str(cfg.data.path),
-            "split": cfg.data.split,
+            "split": cfg.validation.split if subset is not None else cfg.data.split,
+            "subset": subset is not None,
             "num_queries": len(split.query_ids),
             "num_docs": len(split.doc_ids),
             "device": str(retriever.device),

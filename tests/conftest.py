@@ -104,3 +104,31 @@ def tiny_dataset(tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("imported") / "tiny"
     import_beir(tiny_beir, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def negatives(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BM25 hard negatives for the tiny dataset's test split (5 per query)."""
+    from raydr.config import BM25Config
+    from raydr.mining.bm25 import mine_bm25_negatives
+
+    out = tmp_path_factory.mktemp("negatives") / "negatives.parquet"
+    counts = mine_bm25_negatives(tiny_dataset, "test", out, depth=5, cfg=BM25Config())
+    assert counts == {"queries": 5, "min_negatives": 5}
+    return out
+
+
+def tiny_tree(name: str, tmp_path: Path, dataset: Path, model: Path) -> dict:
+    """The sections every tiny end-to-end run shares: tiny model, tiny dataset, small eval."""
+    return {
+        "name": name,
+        "output_dir": str(tmp_path / "runs"),
+        "model": {
+            "name": str(model),
+            "dtype": "fp32",
+            "query_max_length": 16,
+            "passage_max_length": 32,
+        },
+        "data": {"path": str(dataset), "split": "test"},
+        "eval": {"depth": 20, "batch_size": 8},
+    }

@@ -22,12 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out/async_validation.json"))
 
 
+# Unpinned: training takes both cores (2 threads) and the validator competes for them.
+# Pinned: training on core 0, the validator on core 1, as separate GPUs would be.
+_SHARED = ["training.resources_per_worker={CPU: 2}", "validation.num_cpus=0"]
+_APART = ["training.resources_per_worker={CPU: 1}", "training.cpus=[0]", "validation.num_cpus=1"]
 VARIANTS = {  # name → overrides
-    "none": ["validation.enabled=false"],
-    "inline": ["validation.mode=inline"],
-    "pool": ["validation.mode=pool"],
-    "none-pinned": ["validation.enabled=false", "training.cpus=[0]"],
-    "pool-pinned": ["validation.mode=pool", "training.cpus=[0]", "validation.cpus=[1]"],
+    "none": ["validation.enabled=false", *_SHARED],
+    "inline": ["validation.mode=inline", *_SHARED],
+    "pool": ["validation.mode=pool", *_SHARED],
+    "none-pinned": ["validation.enabled=false", *_APART],
+    "pool-pinned": ["validation.mode=pool", *_APART, "validation.cpus=[1]"],
 }
 
 
@@ -47,11 +51,9 @@ def main(args: argparse.Namespace) -> None:
                 *args.overrides,
                 f"name=bench-async-{name}-{stamp}",
                 "training.num_workers=1",
-                "training.resources_per_worker={CPU: 1}",
                 f"training.max_steps={args.steps}",
                 f"training.checkpoint_every={args.every}",
                 "validation.num_actors=1",
-                "validation.num_cpus=1",
                 "validation.num_gpus=0",
                 *extra,
             ],

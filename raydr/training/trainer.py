@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,49 @@ def build_trainer(
     )
 
 
+KNOWN_SCHEMES = {"s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file", "mock"}
+
+
+def check_storage(cfg: RaydrConfig) -> None:
+    """``training.storage_path`` is a local path or a URI pyarrow's filesystems understand."""
+    storage = cfg.training.storage_path
+    scheme, sep, _ = storage.partition("://")
+    if not sep:
+        return
+    if scheme not in KNOWN_SCHEMES:
+        raise RaydrError(
+            f"training.storage_path {storage!r}: unknown URI scheme {scheme!r} (expected a local "
+            f"path, s3://, gs:// or another pyarrow filesystem: {', '.join(sorted(KNOWN_SCHEMES))})"
+        )
+    import pyarrow.fs
+
+    try:
+        pyarrow.fs.FileSystem.from_uri(storage)
+    except (pyarrow.ArrowInvalid, OSError, ValueError) as exc:
+        raise RaydrError(f"training.storage_path {storage!r}: {exc}") from None
+
+
+def warn_local_storage_on_multinode(cfg: RaydrConfig) -> None:
+    """Local paths are not shared between nodes: Ray cannot gather checkpoints there."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1 and "://" not in cfg.training.storage_path:
+        log.warning(
+            "training.storage_path %r is a local path on a %d-node cluster: unless it is a shared "
+            "mount (NFS, /mnt/cluster_storage), checkpoints and the ledger end up on different "
+            "nodes; use s3://... or gs://...",
+            cfg.training.storage_path,
+            len(alive),
+        )
+
+
 def preflight(cfg: RaydrConfig) -> None:
     """Check the data against the config on the driver, so bad input fails in one clear line
     here rather than as a traceback from inside N workers."""
     from raydr.data.groups import build_rows, check_group_size, load_negatives, shard
 
+    check_storage(cfg)
     tcfg = cfg.training
     negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
     if tcfg.group_size > 1 and negatives is None:
@@ -117,22 +156,48 @@ def preflight(cfg: RaydrConfig) -> None:
 
 
 def check_existing_checkpoints(cfg: RaydrConfig) -> None:
-    """A rerun resumes from the run's checkpoints; refuse a damaged one before Ray loads it."""
+    """A rerun resumes from the run's latest *committed* checkpoint; refuse a damaged one
+    before Ray hands it to the workers. Folders Ray never committed (a crash mid-upload) are
+    not resumed from, so they are not checked."""
+    import json
+
     from raydr.training import checkpoint
 
     if "://" in cfg.training.storage_path:
-        return  # cloud storage: Ray lists and fetches it; the workers' read() still checks
+        return  # cloud storage: the workers' checkpoint.read() still checks on load
     run_dir = Path(cfg.training.storage_path) / cfg.name
-    for folder in sorted(run_dir.glob("checkpoint_*")):
-        if not folder.is_dir():
-            continue
-        try:
-            checkpoint.read(folder)
-        except RaydrError as err:
-            raise RaydrError(
-                f"{err}; run {cfg.name!r} would resume from it: delete {folder} "
-                f"or start a new run with name=<new name>"
-            ) from None
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"  # Ray Train's record of commits
+    try:
+        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # nothing committed yet (or a Ray version that keeps it elsewhere)
+    folder = run_dir / latest
+    try:
+        checkpoint.read(folder)
+    except RaydrError as err:
+        raise RaydrError(
+            f"{err}; run {cfg.name!r} would resume from it: delete {run_dir} "
+            f"or start a new run with name=<new name>"
+        ) from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a dead host:port; ray.init would retry for a long time first."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RaydrError(f"ray.address={address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RaydrError(
+            f"ray.address={address!r}: cannot connect ({exc}); is the head running "
+            f"(`ray start --head`, cluster/local.sh) and the port open?"
+        ) from None
 
 
 def init_ray(cfg: RaydrConfig) -> None:
@@ -142,7 +207,12 @@ def init_ray(cfg: RaydrConfig) -> None:
     if ray.is_initialized():
         return
     rcfg = cfg.ray
+    if not rcfg.address and os.environ.get("RAY_ADDRESS"):
+        # Inside `ray job submit`: join the job's cluster; local sizing does not apply there.
+        ray.init()
+        return
     if rcfg.address:
+        _check_reachable(rcfg.address)
         try:
             ray.init(address=rcfg.address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -168,6 +238,7 @@ def train(cfg: RaydrConfig):
     check_existing_checkpoints(cfg)
     init_ray(cfg)
     check_capacity(cfg)
+    warn_local_storage_on_multinode(cfg)
     if not cfg.validation.enabled:
         return build_trainer(cfg).fit(), None
     from raydr.validation.ledger import Ledger

@@ -242,8 +242,16 @@ def start_pool(cfg: RaydrConfig):
     out_dir = validation_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     subset = prepare_subset(cfg, out_dir)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The pool writes the ledger to the driver's disk, so it must live on the driver's node.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return ValidationPool.options(
-        name=pool_name(cfg.name), namespace=NAMESPACE, get_if_exists=True, lifetime=None
+        name=pool_name(cfg.name),
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime=None,
+        scheduling_strategy=here,
     ).remote(cfg.model_dump(mode="json"), subset, str(out_dir / "ledger.jsonl"))
 
 

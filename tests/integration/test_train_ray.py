@@ -46,17 +46,6 @@ def _cfg(
     return config.build(tree, "test")
 
 
-@pytest.fixture
-def negatives(tmp_path: Path, tiny_dataset: Path) -> Path:
-    from raydr.config import BM25Config
-    from raydr.mining.bm25 import mine_bm25_negatives
-
-    out = tmp_path / "negatives.parquet"
-    counts = mine_bm25_negatives(tiny_dataset, "test", out, depth=5, cfg=BM25Config())
-    assert counts == {"queries": 5, "min_negatives": 5}
-    return out
-
-
 def test_train_two_workers_writes_self_describing_checkpoints(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
@@ -128,6 +117,7 @@ def test_bad_training_input_is_refused_before_workers_start(
 
 def _kill_rank1_after_first_checkpoint(loop_config: dict) -> None:
     """Our loop, but rank 1 SIGKILLs its own process once a checkpoint is committed (once)."""
+    import json
     import os
     import signal
     import threading
@@ -143,8 +133,16 @@ def _kill_rank1_after_first_checkpoint(loop_config: dict) -> None:
     if ray.train.get_context().get_world_rank() == 1 and not marker.exists():
 
         def watch() -> None:
-            while not any((d / "raydr.json").exists() for d in run_dir.glob("checkpoint_*")):
-                time.sleep(0.1)
+            # Kill once Ray's controller has committed a checkpoint (its snapshot names one):
+            # the restart must resume from that one, not from step 0.
+            snapshot = run_dir / "checkpoint_manager_snapshot.json"
+            while True:
+                try:
+                    if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                        break
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.05)
             marker.write_text("killed")
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -161,15 +159,16 @@ def test_killed_worker_resumes_from_checkpoint(
     from raydr.training.trainer import build_trainer
 
     cloudpickle.register_pickle_by_value(__import__(__name__))
-    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=5, max_failures=2)
+    # Enough steps that the kill at step 2 lands mid-run (tiny steps take milliseconds).
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=30, max_failures=2)
     result = build_trainer(cfg, loop=_kill_rank1_after_first_checkpoint).fit()
     assert (tmp_path / "storage" / "killed-once").exists(), "the worker was never killed"
     assert result.error is None
-    assert result.metrics["step"] == 5
+    assert result.metrics["step"] == 30
     assert result.metrics["resumed_from_step"] >= 1  # restarted from a checkpoint, not from 0
-    folders = sorted((tmp_path / "storage" / cfg.name).glob("checkpoint_*"))
+    folders = sorted((tmp_path / "storage" / cfg.name).glob("checkpoint_step_*"))
     steps = [checkpoint.read(f).step for f in folders]  # every one complete and readable
-    assert max(steps) == 5 and len(steps) == len(set(steps))
+    assert max(steps) == 30 and len(steps) == len(set(steps))
 
 
 def test_corrupted_checkpoint_is_refused_on_resume(
@@ -178,8 +177,10 @@ def test_corrupted_checkpoint_is_refused_on_resume(
     from raydr.training.trainer import check_existing_checkpoints
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives)
-    bad = tmp_path / "storage" / cfg.name / "checkpoint_2026-01-01_00-00-00.000000"
+    bad = tmp_path / "storage" / cfg.name / "checkpoint_step_0000003"
     bad.mkdir(parents=True)
     (bad / "raydr.json").write_text("{not json")
+    snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": bad.name}}
+    (bad.parent / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
     with pytest.raises(RaydrError, match=r"raydr\.json: corrupted .* would resume from it"):
         check_existing_checkpoints(cfg)

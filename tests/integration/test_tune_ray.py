@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_tree
 
 from raydr import config
 from raydr.errors import RaydrError
@@ -21,16 +22,7 @@ pytestmark = pytest.mark.ray
 
 def _tree(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> dict:
     return {
-        "name": "tiny-tune",
-        "output_dir": str(tmp_path / "runs"),
-        "model": {
-            "name": str(model),
-            "dtype": "fp32",
-            "query_max_length": 16,
-            "passage_max_length": 32,
-        },
-        "data": {"path": str(dataset), "split": "test"},
-        "eval": {"depth": 20, "batch_size": 8},
+        **tiny_tree("tiny-tune", tmp_path, dataset, model),
         "training": {
             "split": "test",
             "negatives": str(negatives),
@@ -57,16 +49,6 @@ def _tree(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> dict:
             "storage_path": str(tmp_path / "tune"),
         },
     }
-
-
-@pytest.fixture
-def negatives(tmp_path: Path, tiny_dataset: Path) -> Path:
-    from raydr.config import BM25Config
-    from raydr.mining.bm25 import mine_bm25_negatives
-
-    out = tmp_path / "neg.parquet"
-    mine_bm25_negatives(tiny_dataset, "test", out, 5, BM25Config())
-    return out
 
 
 def test_bad_search_input_is_refused_before_any_trial(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from conftest import tiny_tree
 
 from raydr import config
 from raydr.errors import RaydrError
@@ -26,16 +27,7 @@ def local_ray():
 
 def _cfg(tmp_path: Path, dataset: Path, model: Path, **validation) -> config.RaydrConfig:
     tree = {
-        "name": f"pool-{tmp_path.name}",
-        "output_dir": str(tmp_path / "runs"),
-        "model": {
-            "name": str(model),
-            "dtype": "fp32",
-            "query_max_length": 16,
-            "passage_max_length": 32,
-        },
-        "data": {"path": str(dataset), "split": "test"},
-        "eval": {"depth": 20, "batch_size": 8},
+        **tiny_tree(f"pool-{tmp_path.name}", tmp_path, dataset, model),
         "validation": {
             "num_actors": 2,
             "num_gpus": 0.25,

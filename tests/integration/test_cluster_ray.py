@@ -1,0 +1,130 @@
+"""raydr on clusters, as far as one machine allows: `ray job submit` against a real `ray start`
+head, and placement on simulated multi-node clusters (ray.cluster_utils)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_tree
+
+from raydr import config
+from raydr.errors import RaydrError
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_job(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training) -> dict:
+    return {
+        **tiny_tree("tiny-job", tmp_path, dataset, model),
+        "training": {
+            "split": "test",
+            "negatives": str(negatives),
+            "group_size": 2,
+            "batch_size": 2,
+            "epochs": 2,
+            "checkpoint_every": 1,
+            "num_workers": 2,
+            "storage_path": str(tmp_path / "storage"),
+            **training,
+        },
+        "validation": {
+            "num_actors": 1,
+            "num_cpus": 0,
+            "num_gpus": 0.25,
+            "sampling": {"strategy": "full"},
+        },
+    }
+
+
+def test_ray_job_submit_to_a_local_head(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    job = tmp_path / "work" / "job.yaml"
+    job.parent.mkdir()
+    job.write_text(yaml.safe_dump(_tiny_job(tmp_path, tiny_dataset, tiny_model_dir, negatives)))
+    port, dash = _free_port(), _free_port()
+    # Ray 2.60 turns token auth on by default; the head and the jobs CLI must agree.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    bin_dir = Path(sys.executable).parent
+    start = [
+        str(bin_dir / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1",
+        "--num-cpus=2",
+        "--num-gpus=1",
+        f"--object-store-memory={150 * 1024**2}",
+        "--disable-usage-stats",
+    ]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        entry = f"{sys.executable} -m raydr.cli train job.yaml --no-eval -q"
+        submit = [
+            str(bin_dir / "ray"),
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dash}",
+            "--working-dir",
+            str(job.parent),
+            "--",
+            *entry.split(),
+        ]
+        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "succeeded" in done.stdout.lower()
+    finally:
+        subprocess.run(
+            [str(bin_dir / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
+        )
+    steps = sorted(
+        json.loads((p / "raydr.json").read_text())["step"]
+        for p in (tmp_path / "storage" / "tiny-job").glob("checkpoint_step_*")
+    )
+    assert steps == [1, 2]
+    ledger = [
+        json.loads(x)
+        for x in (tmp_path / "runs" / "tiny-job" / "validation" / "ledger.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert sorted(r["step"] for r in ledger if r["status"] == "done") == [1, 2]
+
+
+def test_unreachable_address_and_unknown_storage_scheme(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from raydr.training.trainer import check_storage, init_ray
+
+    tree = _tiny_job(
+        tmp_path, tiny_dataset, tiny_model_dir, negatives, storage_path="ftp2://bucket/x"
+    )
+    with pytest.raises(
+        RaydrError, match=r"training\.storage_path 'ftp2://bucket/x': unknown URI scheme 'ftp2'"
+    ):
+        check_storage(config.build(tree, "t"))
+    tree["training"]["storage_path"] = str(tmp_path)
+    tree["ray"] = {"address": f"127.0.0.1:{_free_port()}"}
+    env_before = os.environ.pop("RAY_ADDRESS", None)
+    try:
+        with pytest.raises(RaydrError, match=r"ray\.address='127\.0\.0\.1:\d+': cannot connect"):
+            init_ray(config.build(tree, "t"))
+    finally:
+        if env_before is not None:
+            os.environ["RAY_ADDRESS"] = env_before
