@@ -122,7 +122,13 @@ class TrainingConfig(Section):
     num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
         2, description="a count, or (min, max) for elastic training"
     )
-    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    resize_interval_s: float = Field(
+        60.0, gt=0, description="elastic runs: how often Ray considers adding workers"
+    )
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0},
+        description="per worker; custom resources (e.g. train_node: 1) pin workers to node types",
+    )
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     storage_path: str = "runs"
     num_to_keep: PositiveInt | None = None

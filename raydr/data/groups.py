@@ -97,17 +97,20 @@ def sample_group(
 
 
 def shard(
-    num_rows: int, epoch: int, seed: int, rank: int, world: int, batch_size: int
+    num_rows: int, epoch: int, seed: int, rank: int, world: int, batch_size: int, start: int = 0
 ) -> list[np.ndarray]:
     """This worker's batches for ``epoch``: a seeded permutation cut into disjoint shards.
 
+    ``start`` skips the permutation's first rows, the ones this epoch already consumed, so a
+    resume continues where training stopped even when the worker count changed (elastic
+    training: step s at world w consumed rows [0, s*w*batch_size) of the permutation).
     Rows are dropped so every worker gets the same number of full batches; cross-batch
     gathering needs equal shapes on every rank.
     """
-    order = np.random.default_rng([seed, epoch, 7919]).permutation(num_rows)
+    order = np.random.default_rng([seed, epoch, 7919]).permutation(num_rows)[start:]
     per_step = batch_size * world
-    steps = num_rows // per_step
-    if steps == 0:
+    steps = len(order) // per_step
+    if steps == 0 and start == 0:
         raise RaydrError(
             f"{num_rows} training queries cannot fill one step of batch_size={batch_size} "
             f"x {world} workers; lower training.batch_size"

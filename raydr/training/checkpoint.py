@@ -42,6 +42,7 @@ class CheckpointInfo:
     step: int
     epoch: int
     config: dict[str, Any]
+    epoch_rows: int | None = None  # training rows this epoch consumed (None: older checkpoint)
 
 
 def write(
@@ -52,6 +53,7 @@ def write(
     *,
     step: int,
     epoch: int,
+    epoch_rows: int | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
     extra_state: dict[str, Any] | None = None,
@@ -74,7 +76,13 @@ def write(
             **(extra_state or {}),
         }
         torch.save(state, tmp / STATE)
-        meta = {"format_version": FORMAT_VERSION, "step": step, "epoch": epoch, "config": config}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "epoch": epoch,
+            "epoch_rows": epoch_rows,
+            "config": config,
+        }
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return directory
 
@@ -141,7 +149,14 @@ def read(directory: str | Path) -> CheckpointInfo:
     weights = [directory / "model.safetensors", directory / "query" / "model.safetensors"]
     if not any(w.is_file() for w in weights):
         raise RaydrError(f"{directory}: no model.safetensors; the checkpoint is incomplete")
-    return CheckpointInfo(directory, int(meta["step"]), int(meta["epoch"]), meta["config"])
+    rows = meta.get("epoch_rows")
+    return CheckpointInfo(
+        directory,
+        int(meta["step"]),
+        int(meta["epoch"]),
+        meta["config"],
+        int(rows) if isinstance(rows, int) else None,
+    )
 
 
 def load_training_state(directory: str | Path, optimizer=None, scheduler=None) -> dict[str, Any]:

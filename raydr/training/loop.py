@@ -50,22 +50,32 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     steps_per_epoch = (
         len(shard(len(rows), 0, cfg.seed, rank, world, tcfg.batch_size)) // tcfg.grad_accum
     )
-    total_steps = tcfg.max_steps or steps_per_epoch * tcfg.epochs
+    rows_per_step = world * tcfg.batch_size * tcfg.grad_accum
 
     # --- model: from the latest checkpoint when Ray restarts us, else from model.name.
     resume = ray.train.get_checkpoint()
-    start_step = 0
+    start_step, epoch, epoch_rows = 0, 0, 0
     if resume is not None:
         with resume.as_directory() as ckpt_dir:
             info = checkpoint.read(ckpt_dir)
             model = checkpoint.load_model(ckpt_dir, cfg.model)
             tokenizer = checkpoint.load_tokenizer(ckpt_dir)
-            start_step = info.step
+            start_step, epoch = info.step, info.epoch
+            # Position in rows, not steps: an elastic restart may have a different world size.
+            epoch_rows = info.epoch_rows
+            if epoch_rows is None:  # older checkpoint: same world size assumed
+                epoch_rows = (start_step - epoch * steps_per_epoch) * rows_per_step
     else:
         from raydr.model.encoder import DualEncoder
 
         model = DualEncoder.from_config(cfg.model)
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
+    # Steps left at this world size: the rest of this epoch, then whole epochs. With a fixed
+    # world size this is steps_per_epoch * epochs, whatever step we resume at.
+    left_in_epoch = (len(rows) - epoch_rows) // rows_per_step
+    total_steps = tcfg.max_steps or (
+        start_step + left_in_epoch + steps_per_epoch * (tcfg.epochs - epoch - 1)
+    )
     ddp_model = ray.train.torch.prepare_model(model)
     loss_fn = InfoNCELoss(tcfg.temperature, tcfg.cross_batch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -88,15 +98,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # --- the loop
     t_start = time.perf_counter()
     step = start_step
-    epoch = start_step // max(1, steps_per_epoch)
     ddp_model.train()
     t_last, pairs_since = time.perf_counter(), 0
     while step < total_steps:
-        batches = shard(len(rows), epoch, cfg.seed, rank, world, tcfg.batch_size)
-        # On resume, skip the micro-batches this epoch already consumed.
-        done_in_epoch = (step - epoch * steps_per_epoch) * tcfg.grad_accum
-        for i in range(done_in_epoch, steps_per_epoch * tcfg.grad_accum):
+        # On resume, skip the rows this epoch already consumed.
+        batches = shard(len(rows), epoch, cfg.seed, rank, world, tcfg.batch_size, epoch_rows)
+        for i in range(len(batches) // tcfg.grad_accum * tcfg.grad_accum):
             idx = batches[i]
+            epoch_rows += world * tcfg.batch_size
             groups = [sample_group(rows[j], int(j), epoch, cfg.seed, tcfg.group_size) for j in idx]
             q_ids, q_mask = tokenize([rows[j].query for j in idx], cfg.model.query_max_length)
             p_ids, p_mask = tokenize(
@@ -136,10 +145,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     "negatives_per_query": loss_fn.negatives_per_query(
                         tcfg.batch_size, tcfg.group_size, world
                     ),
+                    "world_size": world,
                 }
                 if rank == 0 and loop_config.get("report_validation"):
                     metrics.update(_latest_validation(loop_config, cfg, step))
-                _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, scheduler)
+                _report(
+                    metrics,
+                    rank,
+                    model,
+                    tokenizer,
+                    cfg,
+                    (step, epoch, epoch_rows),
+                    optimizer,
+                    scheduler,
+                )
                 if rank == 0 and loop_config.get("pool"):
                     _submit(loop_config, step)
                 elif rank == 0 and loop_config.get("inline"):
@@ -147,7 +166,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 t_last, pairs_since = time.perf_counter(), 0
             if step >= total_steps:
                 break
-        epoch += 1
+        epoch, epoch_rows = epoch + 1, 0
 
 
 def pin_cpus(cpus: list[int] | None) -> None:
@@ -217,8 +236,10 @@ def _submit(loop_config: dict[str, Any], step: int) -> None:
     pool.submit.remote(loop_config["trial"], step, path)
 
 
-def _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, scheduler) -> None:
-    """Rank 0 writes the checkpoint; every rank must call ``report`` (Ray Train's contract)."""
+def _report(metrics, rank, model, tokenizer, cfg, position, optimizer, scheduler) -> None:
+    """Rank 0 writes the checkpoint; every rank must call ``report`` (Ray Train's contract).
+
+    ``position``: (step, epoch, rows of this epoch consumed), where a resume continues."""
     import ray.train
 
     from raydr.training import checkpoint
@@ -226,6 +247,7 @@ def _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, schedu
     if rank != 0:
         ray.train.report(metrics)
         return
+    step, epoch, epoch_rows = position
     with tempfile.TemporaryDirectory(prefix="raydr-ckpt-") as tmp:
         path = os.path.join(tmp, "checkpoint")
         checkpoint.write(
@@ -235,6 +257,7 @@ def _report(metrics, rank, model, tokenizer, cfg, step, epoch, optimizer, schedu
             cfg.model_dump(mode="json"),
             step=step,
             epoch=epoch,
+            epoch_rows=epoch_rows,
             optimizer=optimizer,
             scheduler=scheduler,
         )

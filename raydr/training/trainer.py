@@ -82,7 +82,10 @@ def build_trainer(
         },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=tcfg.num_workers, use_gpu=gpu, resources_per_worker=resources
+            num_workers=tcfg.num_workers,
+            use_gpu=gpu,
+            resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=tcfg.resize_interval_s,
         ),
         run_config=RunConfig(
             name=cfg.name,
@@ -219,18 +222,22 @@ def init_ray(cfg: RaydrConfig) -> None:
             raise RaydrError(f"ray.address={rcfg.address!r}: cannot connect ({exc})") from None
         return
     # Keep the dashboard: Train V2's placement-group cleaner polls the State API it serves.
+    # address="local": a new Ray of our size, even where a `ray start` cluster already runs
+    # (plain ray.init() would join that one and reject the sizing).
     ray.init(
+        address="local",
         num_cpus=rcfg.num_cpus,
         num_gpus=rcfg.num_gpus,
         object_store_memory=rcfg.object_store_memory,
     )
 
 
-def train(cfg: RaydrConfig):
+def train(cfg: RaydrConfig, loop=None):
     """Fit, with the validation pool validating every checkpoint asynchronously when enabled.
 
     Rerunning with the same storage_path and name resumes from the latest checkpoint (and the
-    pool from its ledger). Returns (Ray Train result, validation results or None).
+    pool from its ledger). ``loop`` replaces the per-worker function (tests wrap it).
+    Returns (Ray Train result, validation results or None).
     """
     import ray
 
@@ -240,7 +247,7 @@ def train(cfg: RaydrConfig):
     check_capacity(cfg)
     warn_local_storage_on_multinode(cfg)
     if not cfg.validation.enabled:
-        return build_trainer(cfg).fit(), None
+        return build_trainer(cfg, loop=loop).fit(), None
     from raydr.validation.ledger import Ledger
     from raydr.validation.pool import (
         pool_name,
@@ -254,10 +261,10 @@ def train(cfg: RaydrConfig):
         vdir = validation_dir(cfg)
         vdir.mkdir(parents=True, exist_ok=True)
         prepare_subset(cfg, vdir)
-        result = build_trainer(cfg, inline=str(vdir)).fit()
+        result = build_trainer(cfg, loop=loop, inline=str(vdir)).fit()
         return result, Ledger(vdir / "ledger.jsonl").results(cfg.name)
     pool = start_pool(cfg.with_absolute_paths())
-    result = build_trainer(cfg, pool=pool_name(cfg.name)).fit()
+    result = build_trainer(cfg, loop=loop, pool=pool_name(cfg.name)).fit()
     log.info("training finished; waiting for pending validations")
     wait_idle(pool)
     rows = ray.get(pool.results.remote(cfg.name))

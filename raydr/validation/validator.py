@@ -96,12 +96,19 @@ class Validator:
             "encode_s": t_enc - t_load,
             "search_s": t_end - t_enc,
             "validation_s": t_end - t0,
+            "node_id": _node_id(),  # where it ran: placement is checkable from the ledger
             "started_at": started_at,
             "finished_at": time.time(),
         }
 
     def run_of_last(self) -> dict[str, dict[str, float]]:
         return self.last_run
+
+
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _load(cfg: RaydrConfig, path: str):
