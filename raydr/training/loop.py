@@ -142,6 +142,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     "pairs_per_s": pairs_since / (now - t_last),
                     "resumed_from_step": start_step,
                     "elapsed_s": now - t_start,
+                    "reported_at": time.time(),  # wall clock, to line up with ledger rows
                     "negatives_per_query": loss_fn.negatives_per_query(
                         tcfg.batch_size, tcfg.group_size, world
                     ),

@@ -1,11 +1,14 @@
 """Multi-node behaviour on Ray's simulated clusters (ray.cluster_utils.Cluster): each "node" is
 a real raylet with its own resources, all on this machine. Checked: trainers and fractional-GPU
-validators land on their node types."""
+validators land on their node types; losing a worker node resumes from the latest checkpoint on
+the nodes left; an elastic run starts at its minimum and grows when a node joins."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -133,3 +136,139 @@ def test_trainers_and_fractional_gpu_validators_land_on_their_node_types(
     assert {r["step"] for r in done} == {r["step"] for r in rows} and 3 in {r["step"] for r in done}
     # Validators hold 0.25 GPU each, on the validator node, though the train nodes have GPUs.
     assert {r["metrics"]["node_id"] for r in done} == {validators.node_id}
+
+
+def _two_phase_loop(loop_config: dict) -> None:
+    """Our loop, as a long run seen in two phases. The first worker group trains to step 2
+    (checkpointed), then idles the way a long run would until Ray replaces the group (node
+    lost, or elastic resize); every later group trains to the configured max_steps, resuming
+    from that checkpoint."""
+    import ray.train
+
+    marker = Path(loop_config["storage"]).parent / "phase1-done"
+    if marker.exists():
+        _record_node_and_world(loop_config)
+        return
+    short = copy.deepcopy(loop_config)
+    short["config"]["training"]["max_steps"] = 2
+    _record_node_and_world(short)
+    if ray.train.get_context().get_world_rank() == 0:
+        marker.write_text("")
+    time.sleep(240)
+    raise RuntimeError("Ray did not replace the first worker group within 240 s")
+
+
+def _train_in_thread(cfg):
+    from raydr.training.trainer import train
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"], _ = train(cfg, loop=_two_phase_loop)
+        except BaseException as exc:  # surfaced by the test below
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _wait_for(path: Path, thread: threading.Thread, out: dict, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert thread.is_alive(), f"training ended before {path.name}: {out}"
+        assert time.monotonic() < deadline, f"no {path.name} within {timeout} s"
+        time.sleep(0.5)
+
+
+def _wait_committed(tmp_path: Path, step: int, timeout: float = 60) -> None:
+    """Until Ray Train has committed the step's checkpoint (a report is asynchronous: a node lost
+    right after it may leave the previous checkpoint as the latest)."""
+    from raydr.training.checkpoint import dir_name
+
+    snapshot = tmp_path / "storage" / "multinode" / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if snapshot.exists():
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+            if latest.get("checkpoint_dir_name") == dir_name(step):
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"Ray did not commit the step-{step} checkpoint within {timeout} s")
+
+
+def _add_single_train_node(c):
+    return c.add_node(num_cpus=1, resources={"train_node": 1}, object_store_memory=80 * MiB)
+
+
+def _run_to_phase_two(cluster, tmp_path, dataset, model, negatives, num_workers, **training):
+    """Start the two-phase run in a thread; return once its step-2 checkpoint is committed."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(__import__(__name__))
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    cfg = _cfg(
+        tmp_path,
+        dataset,
+        model,
+        negatives,
+        epochs=50,
+        max_steps=4,
+        num_workers=num_workers,
+        resources_per_worker={"CPU": 1, "train_node": 1},
+        **training,
+    )
+    thread, out = _train_in_thread(cfg)
+    _wait_for(tmp_path / "phase1-done", thread, out)
+    _wait_committed(tmp_path, 2)
+    return thread, out
+
+
+def _finished_from_step_2(thread: threading.Thread, out: dict):
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in out, out
+    result = out["result"]
+    assert result.error is None and result.metrics["step"] == 4
+    assert result.metrics["resumed_from_step"] == 2  # from the checkpoint, not from scratch
+
+
+def test_losing_a_worker_node_resumes_from_checkpoint_on_the_nodes_left(
+    cluster, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    nodes = [_add_single_train_node(cluster) for _ in range(3)]  # two in use, one spare
+    thread, out = _run_to_phase_two(
+        cluster, tmp_path, tiny_dataset, tiny_model_dir, negatives, num_workers=2
+    )
+    first = _starts(tmp_path)
+    assert [s["world"] for s in first] == [2, 2]
+    lost = next(n for n in nodes if n.node_id == next(s for s in first if s["rank"] == 1)["node"])
+    cluster.remove_node(lost)  # like a preempted spot instance
+
+    _finished_from_step_2(thread, out)
+    second = _starts(tmp_path)[2:]
+    assert [s["world"] for s in second] == [2, 2]
+    assert lost.node_id not in {s["node"] for s in second}
+
+
+def test_elastic_training_starts_at_min_and_grows_when_a_node_joins(
+    cluster, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    _add_single_train_node(cluster)
+    thread, out = _run_to_phase_two(
+        cluster,
+        tmp_path,
+        tiny_dataset,
+        tiny_model_dir,
+        negatives,
+        num_workers=(1, 2),
+        resize_interval_s=1.0,
+    )
+    assert [s["world"] for s in _starts(tmp_path)] == [1]  # only one node can hold a worker
+    joined = _add_single_train_node(cluster)  # like the autoscaler bringing a node up
+
+    _finished_from_step_2(thread, out)
+    grown = _starts(tmp_path)[1:]
+    assert [s["world"] for s in grown] == [2, 2]
+    assert joined.node_id in {s["node"] for s in grown}
