@@ -256,6 +256,10 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     metric = check_metric(cfg)
     space = parse_space(cfg)
     preflight(cfg)
+    # Before Ray starts: an edited rerun fails in a line, without starting anything.
+    path = Path(cfg.tune.storage_path).resolve() / cfg.name
+    resuming = tune.Tuner.can_restore(str(path))
+    check_same_search(cfg, cfg.with_absolute_paths().run_dir / "search_config.json", resuming)
     init_ray(cfg)
     check_capacity(cfg)
     cfg = cfg.with_absolute_paths()
@@ -280,8 +284,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         ),
         {"cpu": cfg.tune.trial_cpus},
     )
-    path = Path(storage) / cfg.name
-    if tune.Tuner.can_restore(str(path)):
+    if resuming:
         log.info("resuming the search at %s", path)
         tuner = tune.Tuner.restore(
             str(path), trainable, resume_unfinished=True, resume_errored=True
@@ -303,6 +306,53 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     ray.get(pool.close.remote())
     ray.kill(pool)
     return summarize(cfg, grid, metric, steps)
+
+
+def check_same_search(cfg: RaydrConfig, record: Path, resuming: bool) -> None:
+    """Tune restores a search with the space, scheduler and searcher it started with, so an
+    edited config would be silently ignored on a rerun: refuse it, naming what changed. The
+    config is compared as declared (relative paths), since a job's working dir moves between
+    submissions; the ``ray`` section may change (a resumed search may get a bigger cluster)."""
+    import json
+
+    from raydr import atomic
+
+    now = cfg.model_dump(mode="json", exclude={"ray"})
+    if resuming and record.exists():
+        try:
+            before = json.loads(record.read_text())
+        except ValueError as exc:
+            raise RaydrError(f"{record}: not valid JSON ({exc}); delete it to resume") from None
+        old, new = _flatten(before), _flatten(now)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            raise RaydrError(
+                f"search {cfg.name!r} was started with a different config ({record}); changed: "
+                f"{', '.join(changed[:6])}{' …' if len(changed) > 6 else ''}. Rerun it as it was "
+                f"to resume it, or start a new search with name=<new name>"
+            )
+    else:
+        atomic.write_json(record, now)
+
+
+def _short_config(config: dict[str, Any]) -> str:
+    """{'training.lr': 5e-05} → 'lr=5e-05', for legends."""
+    return ", ".join(
+        f"{key.rsplit('.', 1)[-1]}={value:g}"
+        if isinstance(value, float)
+        else f"{key.rsplit('.', 1)[-1]}={value}"
+        for key, value in config.items()
+    )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def summarize(cfg: RaydrConfig, grid, metric: str, total_steps: int) -> dict[str, Any]:
@@ -346,7 +396,11 @@ def summarize(cfg: RaydrConfig, grid, metric: str, total_steps: int) -> dict[str
         row = best_row(ledger.results(best_trial["trial"]), metric)
         exported = str(export(row, cfg.run_dir.resolve() / "best_model"))
     png = plot_curves(
-        ledger_path, metric, cfg.run_dir.resolve() / "tune_curves.png", stopped=stopped
+        ledger_path,
+        metric,
+        cfg.run_dir.resolve() / "tune_curves.png",
+        stopped=stopped,
+        labels={t["trial"]: _short_config(t["config"]) for t in trials},
     )
     trial_steps = sum((t["last_training_step"] or 0) for t in trials)
     summary = {

@@ -47,8 +47,10 @@ def plot_curves(
     metric: str,
     out: str | Path | None = None,
     stopped: set[str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> Path:
-    """PNG of ``metric`` against step, one line per trial; early-stopped trials marked ×."""
+    """PNG of ``metric`` against step, one line per trial; early-stopped trials marked ×.
+    ``labels``: legend text per trial (e.g. its config)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +72,8 @@ def plot_curves(
         if not pts:
             continue
         xs, ys = zip(*pts, strict=True)
-        line = ax.plot(xs, ys, marker="o", label=trial)[0]
+        label = f"{trial} {labels[trial]}" if labels and trial in labels else trial
+        line = ax.plot(xs, ys, marker="o", label=label)[0]
         if stopped and trial in stopped:
             ax.plot(xs[-1], ys[-1], marker="x", markersize=12, color=line.get_color())
     ax.set_xlabel("training step of the validated checkpoint")

@@ -87,6 +87,22 @@ def test_bad_search_input_is_refused_before_any_trial(
         check_metric(cfg)
 
 
+def test_rerunning_an_edited_search_is_refused_not_silently_resumed(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from raydr.tuning import check_same_search
+
+    tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    record = tmp_path / "runs" / "tiny-tune" / "search_config.json"
+    check_same_search(config.build(tree, "t"), record, resuming=False)  # a new search records
+    assert json.loads(record.read_text())["tune"]["space"] == tree["tune"]["space"]
+    # The same search, on a bigger cluster: resumes.
+    check_same_search(config.build({**tree, "ray": {"num_cpus": 8}}, "t"), record, True)
+    edited = {**tree, "tune": {**tree["tune"], "space": {"training.lr": {"grid": [1e-4]}}}}
+    with pytest.raises(RaydrError, match=r"started with a different config .*changed: tune\.space"):
+        check_same_search(config.build(edited, "t"), record, resuming=True)
+
+
 def test_asha_stops_the_bad_trial_on_validation_metrics(
     tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
