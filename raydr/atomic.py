@@ -93,3 +93,10 @@ def atomic_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_figure(fig, final: str | os.PathLike[str]) -> Path:
+    """Save a matplotlib figure as PNG, atomically."""
+    with atomic_path(final) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return Path(final)

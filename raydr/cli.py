@@ -23,68 +23,34 @@ def _cmd_import_beir(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from raydr import config
     from raydr.evaluate import evaluate, format_table
+    from raydr.validation.sampling import read_subset
 
     cfg = config.load(args.config, args.overrides)
-    subset = None
-    if args.subset is not None:
-        try:
-            subset = json.loads(args.subset.read_text())["doc_ids"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RaydrError(
-                f"--subset {args.subset}: expected a validation subset.json ({exc})"
-            ) from None
+    subset = read_subset(args.subset) if args.subset is not None else None
     result = evaluate(cfg, model_path=args.model, progress=not args.quiet, subset=subset)
     print(format_table(result))
     print(
         f"[{result.info['split']}: {result.info['num_queries']} queries, "
-        f"{result.info['num_docs']} docs, {result.timings['total']:.1f}s] → {cfg.run_dir}"
+        f"{result.info['num_docs']} docs, {result.timings['total']:.1f}s] → {cfg.paths.run_dir}"
     )
 
 
 def _cmd_bm25(args: argparse.Namespace) -> None:
     from raydr import config
-    from raydr.evaluate import EvalResult, format_table, load_split, write_outputs
-    from raydr.retrieval.bm25 import bm25_run
-    from raydr.validation.metrics import drop_identical_ids, score
+    from raydr.evaluate import evaluate_bm25, format_table
 
     cfg = config.load(args.config, args.overrides)
-    t0 = time.perf_counter()
-    split = load_split(cfg.data.path, cfg.data.split)
-    run = bm25_run(
-        split.passages,
-        split.doc_ids,
-        split.queries,
-        split.query_ids,
-        cfg.bm25,
-        cfg.eval.depth,
-        progress=not args.quiet,
-    )
-    if cfg.eval.ignore_identical_ids:
-        run = drop_identical_ids(run)
-    result = EvalResult(
-        metrics=score(split.qrels, run, cfg.eval.metrics),
-        primary_metric=cfg.eval.primary_metric,
-        timings={"total": time.perf_counter() - t0},
-        info={
-            "model": "bm25",
-            "bm25": cfg.bm25.model_dump(),
-            "data": str(cfg.data.path),
-            "split": cfg.data.split,
-            "num_queries": len(split.query_ids),
-            "num_docs": len(split.doc_ids),
-        },
-    )
-    out_dir = cfg.run_dir / "bm25"
-    write_outputs(out_dir, result, run, tag="bm25")
+    result = evaluate_bm25(cfg, progress=not args.quiet)
     print(format_table(result))
     print(
-        f"[{cfg.data.split}: {len(split.query_ids)} queries, {result.timings['total']:.1f}s] → {out_dir}"
+        f"[{cfg.data.split}: {result.info['num_queries']} queries, "
+        f"{result.timings['total']:.1f}s] → {cfg.paths.run_dir / 'bm25'}"
     )
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from raydr import config
-    from raydr.training.trainer import train
+    from raydr.validation.client import train
 
     cfg = config.load(args.config, args.overrides)
     result, validated = train(cfg)
@@ -92,9 +58,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise RaydrError(f"training failed: {result.error}")
     print(json.dumps(result.metrics, indent=2, default=str))
     if validated is not None:
+        from raydr.validation.ledger import Ledger
         from raydr.validation.report import best_row, plot_curves
 
-        png = plot_curves(cfg.run_dir / "validation" / "ledger.jsonl", cfg.eval.primary_metric)
+        png = plot_curves(Ledger.for_run(cfg), cfg.eval.primary_metric)
         best = best_row(validated, cfg.eval.primary_metric)
         print(f"validation curve: {png}")
         if best is not None:
@@ -112,16 +79,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
     torch.set_num_threads(os.cpu_count() or 1)  # the driver may have inherited 1 from Ray
     scored = evaluate(cfg, model_path=result.checkpoint.path, progress=not args.quiet)
     print(format_table(scored))
-    print(f"[final checkpoint on {cfg.data.split}, full corpus] → {cfg.run_dir / 'metrics.json'}")
+    print(
+        f"[final checkpoint on {cfg.data.split}, full corpus] → {cfg.paths.run_dir / 'metrics.json'}"
+    )
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
     import ray
 
     from raydr import config
+    from raydr.training import checkpoint
+    from raydr.training.trainer import init_ray
+    from raydr.validation.ledger import Ledger
     from raydr.validation.pool import start_pool, wait_idle
     from raydr.validation.report import plot_curves
-    from raydr.validation.validator import step_of
     from raydr.validation.watch import Watcher
 
     cfg = config.load(args.config, args.overrides)
@@ -132,13 +103,11 @@ def _cmd_validate(args: argparse.Namespace) -> None:
             raise RaydrError(f"{path}: checkpoint folder not found")
     if args.watch is not None and not args.watch.is_dir():
         raise RaydrError(f"--watch {args.watch}: not a directory")
-    from raydr.training.trainer import init_ray
-
     init_ray(cfg)
     pool = start_pool(cfg.with_absolute_paths())
     trial = args.trial or cfg.name
     for path in args.checkpoints:
-        ray.get(pool.submit.remote(trial, step_of(path), str(Path(path).resolve())))
+        ray.get(pool.submit.remote(trial, checkpoint.step_of(path), str(Path(path).resolve())))
     if args.watch is not None:
         watcher = Watcher(args.watch, settle_s=args.settle)
         deadline = time.time() + args.timeout if args.timeout else None
@@ -146,7 +115,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
         try:
             while deadline is None or time.time() < deadline:
                 for folder in watcher.poll():
-                    step = step_of(folder)
+                    step = checkpoint.step_of(folder)
                     if ray.get(pool.submit.remote(trial, step, str(folder.resolve()))):
                         print(f"queued {folder} (step {step})", flush=True)
                 time.sleep(args.poll)
@@ -157,19 +126,18 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     metric = cfg.eval.primary_metric
     for row in rows:
         print(f"step {row['step']:>7}  {metric} {row['metrics'][metric]:.4f}  {row['checkpoint']}")
-    ledger = cfg.run_dir / "validation" / "ledger.jsonl"
-    print(f"ledger: {ledger}\nplot: {plot_curves(ledger, metric)}")
+    ledger = Ledger.for_run(cfg)
+    print(f"ledger: {ledger.path}\nplot: {plot_curves(ledger, metric)}")
 
 
 def _cmd_best(args: argparse.Namespace) -> None:
     from raydr.validation.ledger import Ledger
-    from raydr.validation.report import best_row, export, find_ledger
+    from raydr.validation.report import best_row, export
 
-    ledger = find_ledger(args.run)
-    rows = Ledger(ledger).results(args.trial)
-    best = best_row(rows, args.metric)
+    ledger = Ledger.find(args.run)
+    best = best_row(ledger.results(args.trial), args.metric)
     if best is None:
-        raise RaydrError(f"{ledger}: no validated checkpoint has metric {args.metric!r}")
+        raise RaydrError(f"{ledger.path}: no validated checkpoint has metric {args.metric!r}")
     print(
         json.dumps(
             {
@@ -187,7 +155,8 @@ def _cmd_best(args: argparse.Namespace) -> None:
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     from raydr import config
-    from raydr.tuning import format_summary, run_search
+    from raydr.tuning.search import run_search
+    from raydr.tuning.summary import format_summary
 
     cfg = config.load(args.config, args.overrides)
     print(format_summary(run_search(cfg)))
@@ -246,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--subset",
                 type=Path,
-                help="a run's validation/subset.json: score on the validators' queries and docs",
+                help="a run's saved validation subset: score on the validators' queries and docs",
             )
         if name == "train":
             p.add_argument(
@@ -273,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate, overrides=[])
 
     p = verbs.add_parser("best", help="the best checkpoint of a run by validation metric")
-    p.add_argument("run", type=Path, help="run folder (runs/NAME) or ledger.jsonl")
+    p.add_argument("run", type=Path, help="run folder (runs/NAME) or its validation ledger file")
     p.add_argument("--metric", default="nDCG@10")
     p.add_argument("--trial", help="only this trial")
     p.add_argument("--export", type=Path, help="copy the model there (HF + sentence-transformers)")

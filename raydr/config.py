@@ -8,6 +8,8 @@ directory the command runs in (jobs are launched from the repository root).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,24 @@ from raydr.errors import RaydrError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_METRICS = ["nDCG@10", "RR@10", "R@100", "R@1000", "AP"]
+
+
+def check_measures(names: Iterable[str]) -> list:
+    """Parse IR measure names with ir-measures; an unknown name is a ValueError naming it.
+
+    Lives here, not beside the scoring code, because config validation needs it and config
+    sits below every other layer."""
+    import ir_measures
+
+    parsed = []
+    for name in names:
+        try:
+            parsed.append(ir_measures.parse_measure(name))
+        except (ValueError, NameError, SyntaxError, TypeError, AttributeError):
+            raise ValueError(
+                f"unknown IR measure {name!r} (ir-measures names, e.g. nDCG@10, RR@10, R@100, AP)"
+            ) from None
+    return parsed
 
 
 class Section(BaseModel):
@@ -78,8 +98,6 @@ class EvalConfig(Section):
     @field_validator("metrics")
     @classmethod
     def _known_measures(cls, value: list[str]) -> list[str]:
-        from raydr.validation.metrics import check_measures
-
         check_measures(value)
         return value
 
@@ -130,7 +148,10 @@ class TrainingConfig(Section):
         description="per worker; custom resources (e.g. train_node: 1) pin workers to node types",
     )
     use_gpu: Literal["auto", "yes", "no"] = "auto"
-    storage_path: str = "runs"
+    storage_path: str | None = Field(
+        None,
+        description="Ray Train storage (a local path or s3://, gs://...); default OUTPUT_DIR/ray",
+    )
     num_to_keep: PositiveInt | None = None
     max_failures: int = Field(2, ge=-1)
     cpus: list[int] | None = Field(
@@ -200,7 +221,7 @@ class TuneConfig(Section):
         default_factory=dict,
         description="dotted config field → {choice|grid|uniform|loguniform|randint: ...}",
     )
-    storage_path: str = "runs/tune"
+    storage_path: str | None = Field(None, description="Ray Tune storage; default OUTPUT_DIR/tune")
     trial_cpus: float = Field(0.01, gt=0, description="the Tune function's own CPU share")
     seed: int | None = None
 
@@ -222,7 +243,9 @@ class RaydrConfig(Section):
     """A whole job. Sections grow with the training, validation and tuning engines."""
 
     name: str = "raydr"
-    output_dir: Path = Path("runs")
+    output_dir: Path = Field(
+        Path("runs"), description="the one storage root: run folders, Ray and Tune storage"
+    )
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
@@ -238,16 +261,51 @@ class RaydrConfig(Section):
     def run_dir(self) -> Path:
         return self.output_dir / self.name
 
+    @property
+    def paths(self) -> RunPaths:
+        """Every storage location of this job, derived from ``output_dir`` unless overridden."""
+        root = Path(self.output_dir).resolve()
+        return RunPaths(
+            run_dir=root / self.name,
+            train_storage=_absolute(self.training.storage_path or root / "ray"),
+            tune_storage=_absolute(self.tune.storage_path or root / "tune"),
+        )
+
     def with_absolute_paths(self) -> RaydrConfig:
         """A copy with local paths made absolute: Ray workers and actors run elsewhere."""
         tree = self.model_dump(mode="json")
         tree["data"]["path"] = str(Path(self.data.path).resolve())
         tree["output_dir"] = str(Path(self.output_dir).resolve())
+        # Derived storage made explicit: workers and trials run in other folders.
+        tree["training"]["storage_path"] = self.paths.train_storage
+        tree["tune"]["storage_path"] = self.paths.tune_storage
         if self.training.negatives is not None:
             tree["training"]["negatives"] = str(Path(self.training.negatives).resolve())
         if Path(self.model.name).exists():
             tree["model"]["name"] = str(Path(self.model.name).resolve())
         return RaydrConfig.model_validate(tree)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a job writes. One root (``output_dir``); the rest follows unless set explicitly."""
+
+    run_dir: Path  # ledger, validation subset, metrics, summary, exported models (local)
+    train_storage: str  # Ray Train's storage_path: checkpoints under <train_storage>/<run name>
+    tune_storage: str  # Ray Tune's storage_path: experiment state, trial logs
+
+    def describe(self) -> str:
+        return (
+            f"run folder: {self.run_dir}\n"
+            f"checkpoints (Ray Train storage): {self.train_storage}\n"
+            f"Tune storage: {self.tune_storage}"
+        )
+
+
+def _absolute(path: str | Path) -> str:
+    """Local paths made absolute (Ray requires it); URIs (s3://, gs://) kept as they are."""
+    text = str(path)
+    return text if "://" in text else str(Path(text).resolve())
 
 
 # ---------------------------------------------------------------- loading and errors

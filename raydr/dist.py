@@ -1,4 +1,4 @@
-"""Rank, world size and gathers that work the same with and without torch.distributed.
+"""Rank, world size, gathers and CPU pinning, the same with and without torch.distributed.
 
 Single-process code (tests, evaluation, a laptop run) never initialises a process group;
 every helper here then acts as if it were rank 0 of a world of size 1.
@@ -62,3 +62,14 @@ def all_gather_sizes(sizes: tuple[int, ...], device: torch.device) -> list[tuple
     out = [torch.empty_like(local) for _ in range(get_world_size())]
     dist.all_gather(out, local)
     return [tuple(t.tolist()) for t in out]
+
+
+def pin_cpus(cpus: list[int] | None) -> None:
+    """Pin this process to ``cpus`` (Linux), so training and validation stop competing.
+
+    Also sets torch's thread count to match: one thread per pinned core."""
+    import os
+
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cpus))
+        torch.set_num_threads(len(cpus))

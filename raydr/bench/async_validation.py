@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> None:
 
     from raydr import config
     from raydr.bench.common import machine, write_json
-    from raydr.training.trainer import train
+    from raydr.validation.client import train
 
     rows: list[dict[str, Any]] = []
     stamp = int(time.time())
@@ -127,7 +127,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from raydr.bench.common import save_figure
+    from raydr.atomic import save_figure
 
     rows = payload["results"]
     names = [r["variant"] for r in rows]

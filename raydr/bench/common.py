@@ -34,9 +34,3 @@ def machine() -> dict[str, Any]:
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     atomic.write_json(path, payload)
-
-
-def save_figure(fig, path: str | Path) -> None:
-    """Save a matplotlib figure atomically as PNG."""
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")

@@ -196,7 +196,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from raydr.bench.common import save_figure
+    from raydr.atomic import save_figure
 
     rows = payload["results"]
     labels = sorted({(r["max_length"], r["bucketing"]) for r in rows})

@@ -35,9 +35,11 @@ def main(args: argparse.Namespace) -> None:
     from raydr import config
     from raydr.bench.common import machine, write_json
     from raydr.config import SamplingConfig
-    from raydr.evaluate import DenseRetriever, load_split, search_and_score
+    from raydr.data.split import load_split
+    from raydr.retrieval.dense import DenseRetriever, search_and_score
+    from raydr.training import checkpoint
     from raydr.validation import sampling
-    from raydr.validation.validator import Validator, step_of
+    from raydr.validation.validator import Validator
 
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = config.load(args.config, args.overrides).with_absolute_paths()
@@ -45,15 +47,21 @@ def main(args: argparse.Namespace) -> None:
     split = load_split(cfg.data.path, cfg.validation.split).limit_queries(
         cfg.validation.max_queries
     )
-    folders = sorted((p for p in args.run.glob("checkpoint_*") if p.is_dir()), key=step_of)
-    models: list[tuple[int, str | None]] = [(0, None), *((step_of(p), str(p)) for p in folders)]
+    folders = sorted(
+        (p for p in args.run.iterdir() if p.is_dir() and checkpoint.is_raydr(p)),
+        key=checkpoint.step_of,
+    )
+    models: list[tuple[int, str]] = [
+        (0, cfg.model.name),
+        *((checkpoint.step_of(p), str(p)) for p in folders),
+    ]
     if len(models) < 3:
         raise SystemExit(f"{args.run}: need at least 2 checkpoints, found {len(folders)}")
 
     # Encode the full corpus once per checkpoint; full-corpus metrics are the reference.
     embeddings, full_metric = [], []
     for step, path in models:
-        r = DenseRetriever(cfg, path)
+        r = DenseRetriever(*checkpoint.load(path, cfg.model), cfg)
         d, q = r.embed(split.passages, "passages"), r.embed(split.queries, "queries")
         embeddings.append((d, q))
         m, run = search_and_score(cfg, d, q, split.doc_ids, split.query_ids, split.qrels)
@@ -99,7 +107,7 @@ def main(args: argparse.Namespace) -> None:
         )
         validator.warm()
         t = time.perf_counter()
-        validator.validate(last_path)
+        validator.validate(last_path, models[-1][0])
         seconds = time.perf_counter() - t
         results.append(
             {
@@ -140,7 +148,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from raydr.bench.common import save_figure
+    from raydr.atomic import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in payload["results"]:

@@ -23,7 +23,7 @@ def main(args: argparse.Namespace) -> None:
 
     from raydr import config
     from raydr.bench.common import machine, write_json
-    from raydr.training.trainer import train
+    from raydr.validation.client import train
 
     base = config.load(args.config, args.overrides)
     half = max(1, args.steps // 2)
@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> None:
                 f"training.cross_batch={str(cross).lower()}",
                 f"training.max_steps={2 * half}",
                 f"training.checkpoint_every={half}",
-                f"training.storage_path={base.run_dir / 'bench-ray'}",
+                f"training.storage_path={base.paths.run_dir / 'bench-ray'}",
                 "validation.enabled=false",
             ],
         )

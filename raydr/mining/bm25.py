@@ -16,7 +16,7 @@ def mine_bm25_negatives(
     data_dir: str | Path, split: str, out: str | Path, depth: int, cfg: BM25Config
 ) -> dict[str, int]:
     """Write ``out`` (Parquet: query_id, negatives) and return counts."""
-    from raydr.evaluate import load_split
+    from raydr.data.split import load_split
     from raydr.retrieval.bm25 import BM25
 
     split_data = load_split(data_dir, split)

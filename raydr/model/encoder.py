@@ -77,19 +77,20 @@ class DualEncoder(nn.Module):
         return self.passage_tower is None
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, path: str | None = None) -> DualEncoder:
-        """Build from config; ``path`` overrides ``cfg.name`` (e.g. a checkpoint folder)."""
-        root = resolve_model_path(path or cfg.name)
-        query_dir, passage_dir = Path(root) / "query", Path(root) / "passage"
-        if query_dir.is_dir() and passage_dir.is_dir():  # a saved two-tower model
-            return cls(
-                _load_tower(str(query_dir)),
-                _load_tower(str(passage_dir)),
-                pooling=cfg.pooling,
-                normalize=cfg.normalize,
-            )
-        query = _load_tower(root)
-        passage = None if cfg.shared else _load_tower(root)
+    def from_config(cls, cfg: ModelConfig) -> DualEncoder:
+        """The untrained encoder ``cfg.name`` names (two copies of it for separate towers)."""
+        root = resolve_model_path(cfg.name)
+        return cls.from_towers(cfg, root, None if cfg.shared else root)
+
+    @classmethod
+    def from_towers(
+        cls, cfg: ModelConfig, query_path: str, passage_path: str | None
+    ) -> DualEncoder:
+        """Towers from Hugging Face folders; ``passage_path=None`` shares the query tower.
+
+        Which folders a saved model keeps its towers in is the checkpoint module's business."""
+        query = _load_tower(str(query_path))
+        passage = None if passage_path is None else _load_tower(str(passage_path))
         return cls(query, passage, pooling=cfg.pooling, normalize=cfg.normalize)
 
     def _embed(self, tower: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -124,15 +125,6 @@ class DualEncoder(nn.Module):
             self.encode_queries(query_ids, query_mask),
             self.encode_passages(passage_ids, passage_mask),
         )
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Hugging Face layout: shared → the folder itself; two towers → query/ and passage/."""
-        directory = Path(directory)
-        if self.passage_tower is None:
-            self.query_tower.save_pretrained(directory)
-        else:
-            self.query_tower.save_pretrained(directory / "query")
-            self.passage_tower.save_pretrained(directory / "passage")
 
 
 @functools.cache

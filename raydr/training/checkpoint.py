@@ -1,4 +1,5 @@
-"""The only reader and writer of raydr checkpoints.
+"""The only reader and writer of raydr checkpoints: format, folder names, URIs, completeness,
+and loading a model with its tokenizer (from a checkpoint or any Hugging Face folder).
 
 A checkpoint folder describes itself and loads as it is:
 
@@ -15,7 +16,9 @@ trainer, a validator in watch mode) never sees half of one.
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,51 @@ import torch
 from raydr.atomic import atomic_dir
 from raydr.errors import RaydrError
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 META = "raydr.json"
 STATE = "training_state.pt"
+_DIR_PREFIX = "checkpoint_step_"
+_TOWERS = ("query", "passage")  # two-tower layout: a Hugging Face folder per tower
+# Weight files that make a foreign (non-raydr) Hugging Face folder loadable.
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
 def dir_name(step: int) -> str:
     """The folder name of the checkpoint at ``step`` inside a run's storage path."""
-    return f"checkpoint_step_{step:07d}"
+    return f"{_DIR_PREFIX}{step:07d}"
+
+
+def uri(storage: str, run_name: str, step: int) -> str:
+    """Where Ray Train commits the checkpoint of ``step``: ``<storage>/<run>/<dir_name>``.
+
+    ``storage`` is a local absolute path or a URI (s3://...); the result is the same kind."""
+    return f"{storage.rstrip('/')}/{run_name}/{dir_name(step)}"
+
+
+def step_of(folder: str | Path) -> int:
+    """The training step of a checkpoint folder: its own record, else the number in its name
+    (foreign folders such as ``checkpoint-500``), else 0."""
+    folder = Path(folder)
+    if (folder / META).is_file():
+        return read(folder).step
+    numbers = re.findall(r"\d+", folder.name)
+    return int(numbers[-1]) if numbers else 0
+
+
+def is_raydr(folder: str | Path) -> bool:
+    """True for a folder raydr wrote (complete by construction: it appears by atomic rename)."""
+    return (Path(folder) / META).is_file()
+
+
+def looks_loadable(folder: str | Path) -> bool:
+    """A raydr checkpoint, or a Hugging Face folder (one or two towers) with config and weights."""
+    folder = Path(folder)
+    if is_raydr(folder):
+        return True
+    root = folder / _TOWERS[0] if (folder / _TOWERS[0]).is_dir() else folder
+    return (root / "config.json").is_file() and any((root / w).is_file() for w in _WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -61,10 +101,14 @@ def write(
     """Write a complete checkpoint folder atomically; ``model`` is a DualEncoder (unwrapped)."""
     directory = Path(directory)
     with atomic_dir(directory, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp / "query" if not model.shared else tmp)
         if model.shared:
+            model.query_tower.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
             _write_sentence_transformers_files(tmp, model, config)
+        else:
+            model.query_tower.save_pretrained(tmp / _TOWERS[0])
+            model.passage_tower.save_pretrained(tmp / _TOWERS[1])
+            tokenizer.save_pretrained(tmp / _TOWERS[0])
         state = {
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -146,7 +190,7 @@ def read(directory: str | Path) -> CheckpointInfo:
     for key in ("step", "epoch", "config"):
         if key not in meta:
             raise RaydrError(f"{meta_path}: field {key!r} is missing")
-    weights = [directory / "model.safetensors", directory / "query" / "model.safetensors"]
+    weights = [directory / "model.safetensors", directory / _TOWERS[0] / "model.safetensors"]
     if not any(w.is_file() for w in weights):
         raise RaydrError(f"{directory}: no model.safetensors; the checkpoint is incomplete")
     rows = meta.get("epoch_rows")
@@ -157,6 +201,20 @@ def read(directory: str | Path) -> CheckpointInfo:
         meta["config"],
         int(rows) if isinstance(rows, int) else None,
     )
+
+
+def export(directory: str | Path, out: str | Path) -> Path:
+    """Copy a checkpoint's model files to ``out`` (atomically): what a user loads with
+    ``transformers`` or ``sentence-transformers``, without the state kept only for resuming."""
+    import shutil
+
+    directory = Path(directory)
+    with atomic_dir(out, overwrite=True) as tmp:
+        for item in directory.iterdir():
+            if item.name == STATE:
+                continue  # optimizer state is for resuming, not for using the model
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+    return Path(out)
 
 
 def load_training_state(directory: str | Path, optimizer=None, scheduler=None) -> dict[str, Any]:
@@ -182,23 +240,60 @@ def load_training_state(directory: str | Path, optimizer=None, scheduler=None) -
     return state
 
 
-def load_tokenizer(directory: str | Path):
-    """The tokenizer saved with a checkpoint (beside the query tower for two towers)."""
+def load(directory: str | Path, model_cfg):
+    """A model folder → (DualEncoder, tokenizer), ready for ``retrieval.dense.DenseRetriever``.
+
+    ``directory``: a raydr checkpoint (checked complete first), any Hugging Face folder with one
+    or two towers, or a model name (the packaged MiniLM). Pooling and normalisation come from
+    ``model_cfg``."""
+    from raydr.model.encoder import resolve_model_path
+
+    path = Path(resolve_model_path(str(directory)))
+    if is_raydr(path):
+        read(path)  # a complete raydr checkpoint, or one clear error
+    return load_model(path, model_cfg), load_tokenizer(path, model_cfg)
+
+
+def load_tokenizer(directory: str | Path, model_cfg=None):
+    """The tokenizer saved with a model (beside the query tower for two towers).
+
+    A raydr checkpoint must have one. A foreign weights-only folder falls back to
+    ``model_cfg.name``'s tokenizer, with a warning naming both."""
     from transformers import AutoTokenizer
 
-    directory = Path(directory)
-    return AutoTokenizer.from_pretrained(
-        directory / "query" if (directory / "query").is_dir() else directory
-    )
+    from raydr.model.encoder import resolve_model_path
+
+    directory = Path(resolve_model_path(str(directory)))
+    where = directory / _TOWERS[0] if (directory / _TOWERS[0]).is_dir() else directory
+    try:
+        return AutoTokenizer.from_pretrained(str(where))
+    except (OSError, ValueError) as exc:
+        if is_raydr(directory) or model_cfg is None:
+            raise RaydrError(f"{where}: cannot load the tokenizer ({exc})") from None
+        log.warning(
+            "%s: no loadable tokenizer (%s); using %s's, the configured model.name",
+            where,
+            type(exc).__name__,
+            model_cfg.name,
+        )
+        return AutoTokenizer.from_pretrained(resolve_model_path(model_cfg.name))
 
 
 def load_model(directory: str | Path, model_cfg):
-    """The DualEncoder stored in a checkpoint (or any Hugging Face model folder)."""
-    from raydr.model.encoder import DualEncoder
+    """The DualEncoder stored in a checkpoint (or any Hugging Face folder, or a model name).
 
-    directory = Path(directory)
+    A folder without towers holds one shared tower; ``model_cfg.shared=False`` then starts two
+    towers from it."""
+    from raydr.model.encoder import DualEncoder, resolve_model_path
+
+    directory = Path(resolve_model_path(str(directory)))
+    query, passage = (directory / t for t in _TOWERS)
     try:
-        return DualEncoder.from_config(model_cfg, str(directory))
+        if query.is_dir() and passage.is_dir():
+            return DualEncoder.from_towers(model_cfg, str(query), str(passage))
+        return DualEncoder.from_towers(
+            model_cfg, str(directory), None if model_cfg.shared else str(directory)
+        )
     except RaydrError:
         raise
     except Exception as exc:  # safetensors/transformers errors on truncated or foreign files

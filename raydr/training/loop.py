@@ -1,90 +1,60 @@
 """The per-worker training loop: one plain function, top to bottom.
 
 Ray glue stays at the edges: ``ray.train`` gives rank, world size and the checkpoint to resume
-from, and receives reports. Everything between is ordinary PyTorch.
+from, and receives reports. Validation is somebody else's job: after Ray commits a checkpoint,
+rank 0 tells ``ctx.hook`` and carries on. Everything between is ordinary PyTorch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from raydr.config import RaydrConfig
+from raydr.training import checkpoint, plan
+from raydr.training.context import LoopContext
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's entry point on every worker; ``loop_config["ctx"]`` is a ``LoopContext``."""
     import ray.train
     import ray.train.torch
-    from transformers import AutoTokenizer, get_scheduler
 
-    from raydr.data.groups import build_rows, check_group_size, load_negatives, sample_group, shard
-    from raydr.data.tables import load_corpus
-    from raydr.data.text import passage_texts
+    from raydr.data.groups import sample_group, shard
+    from raydr.dist import pin_cpus
     from raydr.losses import InfoNCELoss
-    from raydr.model.encoder import resolve_dtype, resolve_model_path
+    from raydr.model.encoder import resolve_dtype
     from raydr.retrieval.encode import autocast
-    from raydr.training import checkpoint
 
-    cfg = RaydrConfig.model_validate(loop_config["config"])
+    ctx: LoopContext = loop_config["ctx"]
+    cfg = ctx.cfg
     tcfg = cfg.training
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     # Ray starts workers with one torch thread; use the CPUs this worker reserved.
-    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+    torch.set_num_threads(ctx.threads)
     pin_cpus(tcfg.cpus)
     device = ray.train.torch.get_device()
     dtype = resolve_dtype(cfg.model.dtype, device)
 
     # --- data: every worker builds the same rows; ``shard`` gives each a disjoint slice.
-    negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
-    rows = build_rows(cfg.data.path, tcfg.split, negatives)
-    check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
-    corpus = load_corpus(cfg.data.path)
-    passage_of = dict(zip(corpus["doc_id"].to_pylist(), passage_texts(corpus), strict=True))
-    steps_per_epoch = (
-        len(shard(len(rows), 0, cfg.seed, rank, world, tcfg.batch_size)) // tcfg.grad_accum
-    )
-    rows_per_step = world * tcfg.batch_size * tcfg.grad_accum
+    rows, passage_of = _training_data(cfg)
 
     # --- model: from the latest checkpoint when Ray restarts us, else from model.name.
     resume = ray.train.get_checkpoint()
-    start_step, epoch, epoch_rows = 0, 0, 0
-    if resume is not None:
-        with resume.as_directory() as ckpt_dir:
-            info = checkpoint.read(ckpt_dir)
-            model = checkpoint.load_model(ckpt_dir, cfg.model)
-            tokenizer = checkpoint.load_tokenizer(ckpt_dir)
-            start_step, epoch = info.step, info.epoch
-            # Position in rows, not steps: an elastic restart may have a different world size.
-            epoch_rows = info.epoch_rows
-            if epoch_rows is None:  # older checkpoint: same world size assumed
-                epoch_rows = (start_step - epoch * steps_per_epoch) * rows_per_step
-    else:
-        from raydr.model.encoder import DualEncoder
-
-        model = DualEncoder.from_config(cfg.model)
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
-    # Steps left at this world size: the rest of this epoch, then whole epochs. With a fixed
-    # world size this is steps_per_epoch * epochs, whatever step we resume at.
-    left_in_epoch = (len(rows) - epoch_rows) // rows_per_step
-    total_steps = tcfg.max_steps or (
-        start_step + left_in_epoch + steps_per_epoch * (tcfg.epochs - epoch - 1)
+    model, tokenizer, (start_step, epoch, epoch_rows) = _starting_point(
+        cfg, resume, len(rows), world
     )
+    total_steps = plan.remaining_steps(tcfg, len(rows), world, start_step, epoch, epoch_rows)
     ddp_model = ray.train.torch.prepare_model(model)
     loss_fn = InfoNCELoss(tcfg.temperature, tcfg.cross_batch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    scheduler = get_scheduler(
-        tcfg.schedule if tcfg.schedule != "constant" else "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=math.ceil(tcfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
+    optimizer, scheduler = _optimizer(model, tcfg, total_steps)
     if resume is not None:
         with resume.as_directory() as ckpt_dir:
             checkpoint.load_training_state(ckpt_dir, optimizer, scheduler)
@@ -96,10 +66,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
     # --- the loop
-    t_start = time.perf_counter()
-    step = start_step
+    step, meter = start_step, _Meter()
     ddp_model.train()
-    t_last, pairs_since = time.perf_counter(), 0
     while step < total_steps:
         # On resume, skip the rows this epoch already consumed.
         batches = shard(len(rows), epoch, cfg.seed, rank, world, tcfg.batch_size, epoch_rows)
@@ -111,144 +79,151 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             p_ids, p_mask = tokenize(
                 [passage_of[d] for g in groups for d in g], cfg.model.passage_max_length
             )
-            with autocast(device, dtype):
-                q, p = ddp_model(q_ids, q_mask, p_ids, p_mask)
-                # Mean over accumulated micro-batches: each contributes 1/grad_accum.
-                loss = loss_fn(q.float(), p.float()) / tcfg.grad_accum
-            loss.backward()
-            pairs_since += len(idx) * world
-            if (i + 1) % tcfg.grad_accum:
+            last_micro = (i + 1) % tcfg.grad_accum == 0
+            # DDP all-reduces gradients after every backward; skip that until the last
+            # micro-batch. The cross-batch gather's own collectives still run (they are part of
+            # the loss), so every rank must take the same number of micro-batches.
+            with contextlib.nullcontext() if last_micro else _no_sync(ddp_model):
+                with autocast(device, dtype):
+                    q, p = ddp_model(q_ids, q_mask, p_ids, p_mask)
+                    # Mean over accumulated micro-batches: each contributes 1/grad_accum.
+                    loss = loss_fn(q.float(), p.float()) / tcfg.grad_accum
+                loss.backward()
+            meter.add(float(loss.detach()), pairs=len(idx) * world)
+            if not last_micro:
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            step_loss = meter.end_step()
             if rank == 0 and (step % tcfg.log_every == 0 or step == 1):
                 # Plain print: Ray forwards worker stdout to the driver and the job logs.
+                lr = scheduler.get_last_lr()[0]
                 print(
-                    f"step {step}/{total_steps} epoch {epoch} loss {float(loss) * tcfg.grad_accum:.4f} "
-                    f"lr {scheduler.get_last_lr()[0]:.2e}",
+                    f"step {step}/{total_steps} epoch {epoch} loss {step_loss:.4f} lr {lr:.2e}",
                     flush=True,
                 )
             if step % tcfg.checkpoint_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                metrics = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": float(loss.detach()) * tcfg.grad_accum,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "pairs_per_s": pairs_since / (now - t_last),
-                    "resumed_from_step": start_step,
-                    "elapsed_s": now - t_start,
-                    "reported_at": time.time(),  # wall clock, to line up with ledger rows
-                    "negatives_per_query": loss_fn.negatives_per_query(
-                        tcfg.batch_size, tcfg.group_size, world
-                    ),
-                    "world_size": world,
-                }
-                if rank == 0 and loop_config.get("report_validation"):
-                    metrics.update(_latest_validation(loop_config, cfg, step))
-                _report(
-                    metrics,
-                    rank,
-                    model,
-                    tokenizer,
-                    cfg,
-                    (step, epoch, epoch_rows),
-                    optimizer,
-                    scheduler,
+                metrics = meter.metrics(step, epoch, scheduler, grad_norm, start_step, world)
+                metrics["negatives_per_query"] = loss_fn.negatives_per_query(
+                    tcfg.batch_size, tcfg.group_size, world
                 )
-                if rank == 0 and loop_config.get("pool"):
-                    _submit(loop_config, step)
-                elif rank == 0 and loop_config.get("inline"):
-                    _validate_inline(loop_config, step)
-                t_last, pairs_since = time.perf_counter(), 0
+                state = (model, tokenizer, optimizer, scheduler)
+                _report(ctx, rank, metrics, state, (step, epoch, epoch_rows))
             if step >= total_steps:
                 break
         epoch, epoch_rows = epoch + 1, 0
 
 
-def pin_cpus(cpus: list[int] | None) -> None:
-    """Pin this process to ``cpus`` (Linux), so training and validation stop competing."""
-    if cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(cpus))
-        torch.set_num_threads(len(cpus))
+def _training_data(cfg: RaydrConfig) -> tuple[list, dict[str, str]]:
+    """→ (training rows of ``training.split`` with their negatives, ``{doc_id: passage text}``)."""
+    from raydr.data.groups import build_rows, check_group_size, load_negatives
+    from raydr.data.tables import load_corpus
+    from raydr.data.text import passage_texts
+
+    tcfg = cfg.training
+    negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
+    rows = build_rows(cfg.data.path, tcfg.split, negatives)
+    check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
+    corpus = load_corpus(cfg.data.path)
+    return rows, dict(zip(corpus["doc_id"].to_pylist(), passage_texts(corpus), strict=True))
 
 
-_inline_validator = None
-
-
-def _validate_inline(loop_config: dict[str, Any], step: int) -> None:
-    """The naive loop: validate right here and make every worker wait (benchmark baseline)."""
-    global _inline_validator
-    import json
-
-    from raydr.training import checkpoint
-    from raydr.validation.ledger import Ledger
-    from raydr.validation.validator import Validator
-
-    vdir = loop_config["inline"]
-    if _inline_validator is None:
-        subset = json.loads((Path(vdir) / "subset.json").read_text())["doc_ids"]
-        _inline_validator = Validator(
-            loop_config["config"], subset, threads=torch.get_num_threads()
+def _starting_point(cfg: RaydrConfig, resume, num_rows: int, world: int):
+    """→ (model, tokenizer, (step, epoch, rows of this epoch consumed)) to continue from."""
+    if resume is None:
+        model, tokenizer = checkpoint.load(cfg.model.name, cfg.model)
+        return model, tokenizer, (0, 0, 0)
+    tcfg = cfg.training
+    with resume.as_directory() as ckpt_dir:
+        info = checkpoint.read(ckpt_dir)
+        model, tokenizer = checkpoint.load(ckpt_dir, cfg.model)
+    # Position in rows, not steps: an elastic restart may have a different world size.
+    epoch_rows = info.epoch_rows
+    if epoch_rows is None:  # older checkpoint: same world size assumed
+        per_epoch = plan.steps_per_epoch(num_rows, world, tcfg.batch_size, tcfg.grad_accum)
+        epoch_rows = (
+            (info.step - info.epoch * per_epoch) * world * tcfg.batch_size * tcfg.grad_accum
         )
-    path = f"{loop_config['storage']}/{loop_config['config']['name']}/{checkpoint.dir_name(step)}"
-    result = _inline_validator.validate(path)
-    Ledger(Path(vdir) / "ledger.jsonl").append(
-        {
-            "trial": loop_config["trial"],
-            "step": step,
-            "checkpoint": path,
-            "status": "done",
-            "metrics": result,
-        }
+    return model, tokenizer, (info.step, info.epoch, epoch_rows)
+
+
+def _optimizer(model, tcfg, total_steps: int):
+    """AdamW and the learning-rate schedule (warm-up, then linear, cosine or constant)."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    scheduler = get_scheduler(
+        tcfg.schedule if tcfg.schedule != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=math.ceil(tcfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
     )
+    return optimizer, scheduler
 
 
-def _latest_validation(loop_config: dict[str, Any], cfg: RaydrConfig, step: int) -> dict[str, Any]:
-    """The newest validated metrics of this trial's own checkpoints, with the step they were
-    measured on (Tune's time attribute), so the scheduler never sees a stale value as new."""
-    import ray
-
-    from raydr.validation.pool import NAMESPACE
-
-    pool = ray.get_actor(loop_config["pool"], namespace=NAMESPACE)
-    # An immediate lookup in the pool's ledger, not a wait for any validation to finish.
-    latest = ray.get(pool.latest.remote(loop_config["trial"]))
-    if latest is None:
-        return {}
-    out = {name: latest["metrics"][name] for name in cfg.eval.metrics}
-    out.update(validated_step=latest["step"], validation_lag_steps=step - latest["step"])
-    return out
+def _no_sync(ddp_model):
+    # A single worker's model is not wrapped in DDP, and has nothing to skip.
+    return ddp_model.no_sync() if hasattr(ddp_model, "no_sync") else contextlib.nullcontext()
 
 
-def _submit(loop_config: dict[str, Any], step: int) -> None:
-    """Push the committed checkpoint to the validation pool; fire and forget, never wait."""
-    import ray
+@dataclass
+class _Meter:
+    """Loss of the current step (summed over its micro-batches) and throughput since the last
+    report."""
 
-    from raydr.training import checkpoint
-    from raydr.validation.pool import NAMESPACE
+    t_start: float = field(default_factory=time.perf_counter)
+    t_last: float = field(default_factory=time.perf_counter)
+    pairs: int = 0
+    micro_loss: float = 0.0
+    step_loss: float = 0.0
 
-    pool = ray.get_actor(loop_config["pool"], namespace=NAMESPACE)
-    path = f"{loop_config['storage']}/{loop_config['config']['name']}/{checkpoint.dir_name(step)}"
-    pool.submit.remote(loop_config["trial"], step, path)
+    def add(self, loss: float, pairs: int) -> None:
+        self.micro_loss += loss  # each micro-batch loss is already divided by grad_accum
+        self.pairs += pairs
+
+    def end_step(self) -> float:
+        self.step_loss, self.micro_loss = self.micro_loss, 0.0
+        return self.step_loss
+
+    def metrics(self, step, epoch, scheduler, grad_norm, start_step, world) -> dict[str, Any]:
+        now = time.perf_counter()
+        metrics = {
+            "step": step,
+            "epoch": epoch,
+            "loss": self.step_loss,  # mean over the step's micro-batches
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "pairs_per_s": self.pairs / (now - self.t_last),
+            "resumed_from_step": start_step,
+            "elapsed_s": now - self.t_start,
+            "reported_at": time.time(),  # wall clock, to line up with ledger rows
+            "world_size": world,
+        }
+        self.t_last, self.pairs = time.perf_counter(), 0
+        return metrics
 
 
-def _report(metrics, rank, model, tokenizer, cfg, position, optimizer, scheduler) -> None:
+def _report(ctx: LoopContext, rank: int, metrics: dict[str, Any], state, position) -> None:
     """Rank 0 writes the checkpoint; every rank must call ``report`` (Ray Train's contract).
+    Once Ray has committed it, rank 0 hands it to the hook.
 
-    ``position``: (step, epoch, rows of this epoch consumed), where a resume continues."""
+    ``state``: (model, tokenizer, optimizer, scheduler); ``position``: (step, epoch, rows of
+    this epoch consumed), where a resume continues."""
     import ray.train
-
-    from raydr.training import checkpoint
 
     if rank != 0:
         ray.train.report(metrics)
         return
+    cfg = ctx.cfg
+    model, tokenizer, optimizer, scheduler = state
     step, epoch, epoch_rows = position
+    if ctx.hook is not None:
+        # The freshest validated metrics, with the step they were measured on, so a scheduler
+        # never mistakes an old value for a new one.
+        metrics.update(ctx.hook.validated(step))
     with tempfile.TemporaryDirectory(prefix="raydr-ckpt-") as tmp:
         path = os.path.join(tmp, "checkpoint")
         checkpoint.write(
@@ -262,11 +237,13 @@ def _report(metrics, rank, model, tokenizer, cfg, position, optimizer, scheduler
             optimizer=optimizer,
             scheduler=scheduler,
         )
-        # Ray copies the folder into storage_path and commits it before report returns.
-        # A step-named folder gives every checkpoint a stable, predictable URI in storage:
-        # validators and ledgers key on (trial, step), and reruns never collide.
+        # Ray copies the folder into storage and commits it before report returns. A
+        # step-named folder gives every checkpoint a stable URI: validators and ledgers key on
+        # (trial, step), and reruns never collide.
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(path),
             checkpoint_dir_name=checkpoint.dir_name(step),
         )
+    if ctx.hook is not None:
+        ctx.hook.on_checkpoint(step, checkpoint.uri(ctx.storage, cfg.name, step))

@@ -9,6 +9,7 @@ from typing import Any
 
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
+from raydr.training.context import CheckpointHook, LoopContext
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,13 @@ def check_capacity(cfg: RaydrConfig) -> None:
 
 def build_trainer(
     cfg: RaydrConfig,
+    hook: CheckpointHook | None = None,
     callbacks: list[Any] | None = None,
     loop=None,
-    pool: str | None = None,
-    trial: str | None = None,
-    inline: str | None = None,
-    report_validation: bool = False,
 ):
-    """``pool``: the name of a running ValidationPool that rank 0 pushes checkpoints to;
-    ``trial``: the ledger's trial name (default: the run name)."""
+    """A ``TorchTrainer`` for ``cfg``; rank 0 hands each committed checkpoint to ``hook``.
+
+    ``loop`` replaces the per-worker function (tests wrap it to inject faults)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -65,21 +64,16 @@ def build_trainer(
     resources = dict(tcfg.resources_per_worker)
     if not gpu:
         resources.pop("GPU", None)
-    threads = max(1, int(resources.get("CPU", 1)))
-    storage = tcfg.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())  # Ray requires absolute local paths
+    storage = cfg.paths.train_storage
+    ctx = LoopContext(
+        config=cfg.model_dump(mode="json"),
+        storage=storage,
+        threads=max(1, int(resources.get("CPU", 1))),
+        hook=hook,
+    )
     return TorchTrainer(
         loop or train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "threads": threads,
-            "pool": pool,
-            "inline": inline,
-            "report_validation": report_validation,
-            "trial": trial or cfg.name,
-            "storage": storage,
-        },
+        train_loop_config={"ctx": ctx},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers,
@@ -102,7 +96,7 @@ KNOWN_SCHEMES = {"s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file", "mock"}
 
 def check_storage(cfg: RaydrConfig) -> None:
     """``training.storage_path`` is a local path or a URI pyarrow's filesystems understand."""
-    storage = cfg.training.storage_path
+    storage = cfg.paths.train_storage
     scheme, sep, _ = storage.partition("://")
     if not sep:
         return
@@ -124,12 +118,12 @@ def warn_local_storage_on_multinode(cfg: RaydrConfig) -> None:
     import ray
 
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    if len(alive) > 1 and "://" not in cfg.training.storage_path:
+    if len(alive) > 1 and "://" not in cfg.paths.train_storage:
         log.warning(
             "training.storage_path %r is a local path on a %d-node cluster: unless it is a shared "
             "mount (NFS, /mnt/cluster_storage), checkpoints and the ledger end up on different "
             "nodes; use s3://... or gs://...",
-            cfg.training.storage_path,
+            cfg.paths.train_storage,
             len(alive),
         )
 
@@ -138,6 +132,7 @@ def preflight(cfg: RaydrConfig) -> None:
     """Check the data against the config on the driver, so bad input fails in one clear line
     here rather than as a traceback from inside N workers."""
     from raydr.data.groups import build_rows, check_group_size, load_negatives, shard
+    from raydr.training import plan
 
     check_storage(cfg)
     tcfg = cfg.training
@@ -149,12 +144,13 @@ def preflight(cfg: RaydrConfig) -> None:
         )
     rows = build_rows(cfg.data.path, tcfg.split, negatives)
     check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
-    world = max(tcfg.num_workers) if isinstance(tcfg.num_workers, tuple) else tcfg.num_workers
-    steps = len(shard(len(rows), 0, cfg.seed, 0, world, tcfg.batch_size))
-    if steps < tcfg.grad_accum:
+    world = plan.world_sizes(tcfg)[1]
+    shard(len(rows), 0, cfg.seed, 0, world, tcfg.batch_size)  # one full step, or a clear error
+    micro_batches = plan.steps_per_epoch(len(rows), world, tcfg.batch_size, 1)
+    if micro_batches < tcfg.grad_accum:
         raise RaydrError(
-            f"training.grad_accum={tcfg.grad_accum} exceeds the {steps} micro-batches per epoch "
-            f"({len(rows)} queries / (batch_size {tcfg.batch_size} x {world} workers))"
+            f"training.grad_accum={tcfg.grad_accum} exceeds the {micro_batches} micro-batches per "
+            f"epoch ({len(rows)} queries / (batch_size {tcfg.batch_size} x {world} workers))"
         )
 
 
@@ -166,9 +162,9 @@ def check_existing_checkpoints(cfg: RaydrConfig) -> None:
 
     from raydr.training import checkpoint
 
-    if "://" in cfg.training.storage_path:
+    if "://" in cfg.paths.train_storage:
         return  # cloud storage: the workers' checkpoint.read() still checks on load
-    run_dir = Path(cfg.training.storage_path) / cfg.name
+    run_dir = Path(cfg.paths.train_storage) / cfg.name
     snapshot = run_dir / "checkpoint_manager_snapshot.json"  # Ray Train's record of commits
     try:
         latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
@@ -232,42 +228,18 @@ def init_ray(cfg: RaydrConfig) -> None:
     )
 
 
-def train(cfg: RaydrConfig, loop=None):
-    """Fit, with the validation pool validating every checkpoint asynchronously when enabled.
-
-    Rerunning with the same storage_path and name resumes from the latest checkpoint (and the
-    pool from its ledger). ``loop`` replaces the per-worker function (tests wrap it).
-    Returns (Ray Train result, validation results or None).
-    """
-    import ray
-
+def prepare(cfg: RaydrConfig) -> None:
+    """Check the input against the config, then connect to (or start) Ray and check that the
+    cluster can hold the workers: bad input fails here in one line, before anything runs."""
     preflight(cfg)
     check_existing_checkpoints(cfg)
     init_ray(cfg)
     check_capacity(cfg)
     warn_local_storage_on_multinode(cfg)
-    if not cfg.validation.enabled:
-        return build_trainer(cfg, loop=loop).fit(), None
-    from raydr.validation.ledger import Ledger
-    from raydr.validation.pool import (
-        pool_name,
-        prepare_subset,
-        start_pool,
-        validation_dir,
-        wait_idle,
-    )
 
-    if cfg.validation.mode == "inline":
-        vdir = validation_dir(cfg)
-        vdir.mkdir(parents=True, exist_ok=True)
-        prepare_subset(cfg, vdir)
-        result = build_trainer(cfg, loop=loop, inline=str(vdir)).fit()
-        return result, Ledger(vdir / "ledger.jsonl").results(cfg.name)
-    pool = start_pool(cfg.with_absolute_paths())
-    result = build_trainer(cfg, loop=loop, pool=pool_name(cfg.name)).fit()
-    log.info("training finished; waiting for pending validations")
-    wait_idle(pool)
-    rows = ray.get(pool.results.remote(cfg.name))
-    ray.get(pool.close.remote())
-    ray.kill(pool)
-    return result, rows
+
+def fit(cfg: RaydrConfig, hook: CheckpointHook | None = None, loop=None, callbacks=None):
+    """Train (after ``prepare``); → Ray Train's ``Result``. Rerunning with the same storage and
+    name resumes from the latest committed checkpoint. ``hook`` receives every committed
+    checkpoint on rank 0 (see ``raydr.validation.client``)."""
+    return build_trainer(cfg, hook=hook, loop=loop, callbacks=callbacks).fit()

@@ -1,8 +1,12 @@
 """The validation ledger: append-only JSON lines, one per event, the single source of truth.
 
-Rows: ``{"trial", "step", "checkpoint", "status": "pending"|"done"|"failed", ...}``. A checkpoint
-is *pending* from intake until a *done* or *failed* row closes it, so a restarted pool knows what
-is still owed. Each append is one ``write`` of one line followed by fsync; a crash can only leave
+This module owns the ledger's location (``Ledger.for_run``), the shape of its rows (``pending``,
+``done``, ``failed``) and the one projection of a row into what a training report and Ray Tune
+receive (``report_metrics``). Every reader goes through it.
+
+A checkpoint is *pending* from intake until a *done* or *failed* row closes it, so a restarted
+pool knows what is still owed; the first closing row is final (exactly one outcome per
+checkpoint). Each append is one ``write`` of one line followed by fsync; a crash can only leave
 a torn last line, which readers skip and the next writer cuts off.
 """
 
@@ -11,10 +15,66 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
+
+from raydr.config import RaydrConfig
+from raydr.errors import RaydrError
 
 Key = tuple[str, int]  # (trial, step)
+Status = Literal["pending", "done", "failed"]
+CLOSED: frozenset[str] = frozenset({"done", "failed"})
+_FILE = "ledger.jsonl"
+# The report key that carries the step a validated metric was measured on: Tune's time attribute.
+VALIDATED_STEP = "validated_step"
+
+
+class Row(TypedDict, total=False):
+    """One ledger line. ``trial``, ``step``, ``checkpoint``, ``status`` and ``time`` are always
+    there; ``metrics`` (a flat dict from the validator) on done rows, ``error`` on failed ones."""
+
+    time: float
+    trial: str
+    step: int
+    checkpoint: str
+    status: Status
+    metrics: dict[str, Any]
+    error: str
+    queued_to_done_s: float
+    attempts: int
+
+
+def pending(trial: str, step: int, checkpoint: str) -> Row:
+    """Intake: the checkpoint is owed a validation."""
+    return Row(trial=trial, step=int(step), checkpoint=checkpoint, status="pending")
+
+
+def done(trial: str, step: int, checkpoint: str, metrics: dict[str, Any], **extra: Any) -> Row:
+    """Closing row with the validator's flat metrics dict (``extra``: timings, attempts)."""
+    return Row(
+        trial=trial, step=int(step), checkpoint=checkpoint, status="done", metrics=metrics, **extra
+    )
+
+
+def failed(trial: str, step: int, checkpoint: str, reason: str) -> Row:
+    """Closing row for a checkpoint that could not be validated, with the reason."""
+    return Row(trial=trial, step=int(step), checkpoint=checkpoint, status="failed", error=reason)
+
+
+def validation_dir(cfg: RaydrConfig) -> Path:
+    """The run's validation folder: the ledger, the validation subset, the curve."""
+    return cfg.paths.run_dir / "validation"
+
+
+def report_metrics(row: Row, metrics: Iterable[str], step: int) -> dict[str, Any]:
+    """The one projection of a done row into a training report at ``step``: the metric values,
+    the step they were measured on (``validated_step``, the scheduler's time attribute) and how
+    far training has moved on since (``validation_lag_steps``)."""
+    out: dict[str, Any] = {name: row["metrics"][name] for name in metrics}
+    out[VALIDATED_STEP] = row["step"]
+    out["validation_lag_steps"] = step - row["step"]
+    return out
 
 
 class Ledger:
@@ -22,6 +82,20 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
+
+    @classmethod
+    def for_run(cls, cfg: RaydrConfig) -> Ledger:
+        """The ledger of ``cfg``'s run (``<output_dir>/<name>/validation/``)."""
+        return cls(validation_dir(cfg) / _FILE)
+
+    @classmethod
+    def find(cls, run: str | Path) -> Ledger:
+        """The ledger a user points at: a run folder, its validation folder, or the file."""
+        run = Path(run)
+        for candidate in (run, run / _FILE, run / "validation" / _FILE):
+            if candidate.is_file():
+                return cls(candidate)
+        raise RaydrError(f"{run}: no validation ledger (expected {run}/validation/{_FILE})")
 
     def _repair(self) -> None:
         # Cut a torn final line left by a crash mid-append, so new rows start on a fresh line.
@@ -34,8 +108,8 @@ class Ledger:
                 fh.truncate(keep)
                 os.fsync(fh.fileno())
 
-    def append(self, row: dict[str, Any]) -> dict[str, Any]:
-        row = {"time": time.time(), **row}
+    def append(self, row: Row | dict[str, Any]) -> Row:
+        row = Row(time=time.time(), **row)
         line = (json.dumps(row, sort_keys=True, default=str) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -45,7 +119,7 @@ class Ledger:
             os.close(fd)
         return row
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[Row]:
         if not self.path.exists():
             return []
         out = []
@@ -56,17 +130,17 @@ class Ledger:
                 continue  # a torn line from a crash; the event it described did not complete
         return out
 
-    def state(self) -> dict[Key, dict[str, Any]]:
+    def state(self) -> dict[Key, Row]:
         """The latest row per (trial, step): what is pending, done or failed now."""
-        latest: dict[Key, dict[str, Any]] = {}
+        latest: dict[Key, Row] = {}
         for row in self.rows():
             key = (row["trial"], int(row["step"]))
-            if latest.get(key, {}).get("status") in {"done", "failed"}:
+            if latest.get(key, {}).get("status") in CLOSED:
                 continue  # closed rows are final: exactly one outcome per checkpoint
             latest[key] = row
         return latest
 
-    def results(self, trial: str | None = None) -> list[dict[str, Any]]:
+    def results(self, trial: str | None = None) -> list[Row]:
         """Done rows (with metrics), by trial then step."""
         rows = [
             r
@@ -75,7 +149,12 @@ class Ledger:
         ]
         return sorted(rows, key=lambda r: (r["trial"], r["step"]))
 
-    def pending(self) -> list[dict[str, Any]]:
+    def latest(self, trial: str) -> Row | None:
+        """The done row of ``trial`` with the highest step, or None."""
+        done_rows = self.results(trial)
+        return done_rows[-1] if done_rows else None
+
+    def pending(self) -> list[Row]:
         return sorted(
             (r for r in self.state().values() if r["status"] == "pending"),
             key=lambda r: (r["trial"], r["step"]),

@@ -10,16 +10,15 @@ failed with its reason while the pool keeps serving.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
+from raydr.validation import ledger as rows
 from raydr.validation.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -29,10 +28,6 @@ NAMESPACE = "raydr"
 
 def pool_name(run_name: str) -> str:
     return f"raydr-validation-pool-{run_name}"
-
-
-def validation_dir(cfg: RaydrConfig) -> Path:
-    return (cfg.run_dir / "validation").resolve()
 
 
 @ray.remote(num_cpus=0)
@@ -78,9 +73,7 @@ class ValidationPool:
         key = (trial, int(step))
         if key in self.ledger.state() or key in self._inflight:
             return False
-        self.ledger.append(
-            {"trial": trial, "step": int(step), "checkpoint": path, "status": "pending"}
-        )
+        self.ledger.append(rows.pending(trial, step, path))
         self._jobs.put_nowait((trial, int(step), path))
         return True
 
@@ -95,17 +88,16 @@ class ValidationPool:
         key = (trial, step)
         t0 = time.time()
         try:
-            result = await actor.validate.remote(path)
+            result = await actor.validate.remote(path, step)
             self.ledger.append(
-                {
-                    "trial": trial,
-                    "step": step,
-                    "checkpoint": path,
-                    "status": "done",
-                    "metrics": result,
-                    "queued_to_done_s": time.time() - t0,
-                    "attempts": self._attempts.get(key, 0) + 1,
-                }
+                rows.done(
+                    trial,
+                    step,
+                    path,
+                    result,
+                    queued_to_done_s=time.time() - t0,
+                    attempts=self._attempts.get(key, 0) + 1,
+                )
             )
         except ray.exceptions.RayActorError as exc:
             attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
@@ -139,14 +131,11 @@ class ValidationPool:
                 await asyncio.sleep(0.5)
 
     def _record_failure(self, trial: str, step: int, path: str, reason: str) -> None:
-        self.ledger.append(
-            {"trial": trial, "step": step, "checkpoint": path, "status": "failed", "error": reason}
-        )
+        self.ledger.append(rows.failed(trial, step, path, reason))
 
     async def latest(self, trial: str) -> dict[str, Any] | None:
         """The newest validated checkpoint of ``trial`` (highest step), or None."""
-        done = self.ledger.results(trial)
-        return done[-1] if done else None
+        return self.ledger.latest(trial)
 
     async def results(self, trial: str | None = None) -> list[dict[str, Any]]:
         return self.ledger.results(trial)
@@ -172,53 +161,6 @@ class ValidationPool:
         return list(self.actors)
 
 
-def prepare_subset(cfg: RaydrConfig, out_dir: Path) -> list[str] | None:
-    """Pick the validation corpus subset once per run and save its ids beside the ledger.
-
-    A restarted run reuses the saved subset, so all its checkpoints are compared on one subset.
-    → None for the full corpus.
-    """
-    from raydr import atomic
-    from raydr.evaluate import load_split
-    from raydr.validation import sampling
-
-    scfg = cfg.validation.sampling
-    path = out_dir / "subset.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("sampling") != scfg.model_dump():
-            raise RaydrError(
-                f"{path}: saved with sampling {saved.get('sampling')}, but the config asks for "
-                f"{scfg.model_dump()}; use a new run name to change the subset"
-            )
-        return saved["doc_ids"]
-    split = load_split(cfg.data.path, cfg.validation.split).limit_queries(
-        cfg.validation.max_queries
-    )
-    pools: dict[str, set[str]] = {}
-    if scfg.strategy in {"bm25-pool", "union"}:
-        pools["bm25"] = sampling.bm25_pool(
-            split.passages, split.doc_ids, split.queries, scfg.depth, cfg.bm25
-        )
-    if scfg.strategy in {"dense-pool", "union"}:
-        from raydr.evaluate import DenseRetriever, search_and_score
-
-        retriever = DenseRetriever(cfg)  # the initial checkpoint: model.name
-        _, run = search_and_score(
-            cfg,
-            retriever.embed(split.passages, "passages"),
-            retriever.embed(split.queries, "queries"),
-            split.doc_ids,
-            split.query_ids,
-            split.qrels,
-        )
-        pools["dense"] = sampling.run_pool(run, scfg.depth)
-    subset = sampling.select(scfg, split.doc_ids, split.qrels, **pools)
-    sampling.check_queries(split.qrels, subset, cfg.validation.split)
-    atomic.write_json(path, {"sampling": scfg.model_dump(), "size": len(subset), "doc_ids": subset})
-    return None if scfg.strategy == "full" else subset
-
-
 def check_resources(cfg: RaydrConfig) -> None:
     """Refuse GPU or custom-resource requests the cluster cannot meet, instead of hanging."""
     vcfg = cfg.validation
@@ -238,11 +180,12 @@ def check_resources(cfg: RaydrConfig) -> None:
 
 def start_pool(cfg: RaydrConfig):
     """Create (or reattach to) the run's named pool. → actor handle."""
-    check_resources(cfg)
-    out_dir = validation_dir(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    subset = prepare_subset(cfg, out_dir)
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from raydr.validation.sampling import prepare_subset
+
+    check_resources(cfg)
+    subset = prepare_subset(cfg)
 
     # The pool writes the ledger to the driver's disk, so it must live on the driver's node.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -252,7 +195,7 @@ def start_pool(cfg: RaydrConfig):
         get_if_exists=True,
         lifetime=None,
         scheduling_strategy=here,
-    ).remote(cfg.model_dump(mode="json"), subset, str(out_dir / "ledger.jsonl"))
+    ).remote(cfg.model_dump(mode="json"), subset, str(Ledger.for_run(cfg).path))
 
 
 def wait_idle(pool, timeout_s: float = 3600.0, poll_s: float = 1.0) -> bool:

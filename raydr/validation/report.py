@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +17,18 @@ def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     return max(scored, key=lambda r: (r["metrics"][metric], -r["step"]))
 
 
-def find_ledger(run: str | Path) -> Path:
-    run = Path(run)
-    for candidate in (run, run / "ledger.jsonl", run / "validation" / "ledger.jsonl"):
-        if candidate.is_file():
-            return candidate
-    raise RaydrError(f"{run}: no validation ledger (expected {run}/validation/ledger.jsonl)")
-
-
 def export(row: dict[str, Any], out: str | Path) -> Path:
-    """Copy the checkpoint's model (Hugging Face + sentence-transformers files) to ``out``."""
-    from raydr.atomic import atomic_dir
+    """Export the row's checkpoint as a model folder (Hugging Face + sentence-transformers)."""
     from raydr.training import checkpoint
 
     src = Path(row["checkpoint"])
     if not src.is_dir():
         raise RaydrError(f"{src}: the best checkpoint is gone (was it pruned by num_to_keep?)")
-    with atomic_dir(out, overwrite=True) as tmp:
-        for item in src.iterdir():
-            if item.name == checkpoint.STATE:
-                continue  # optimizer state is for resuming, not for using the model
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
-    return Path(out)
+    return checkpoint.export(src, out)
 
 
 def plot_curves(
-    ledger_path: str | Path,
+    ledger: Ledger,
     metric: str,
     out: str | Path | None = None,
     stopped: set[str] | None = None,
@@ -56,11 +41,10 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from raydr.bench.common import save_figure
+    from raydr.atomic import save_figure
 
-    ledger_path = Path(ledger_path)
-    rows = Ledger(ledger_path).results()
-    out = Path(out) if out else ledger_path.with_name("validation_curve.png")
+    rows = ledger.results()
+    out = Path(out) if out else ledger.path.with_name("validation_curve.png")
     fig, ax = plt.subplots(figsize=(7, 4))
     trials = sorted({r["trial"] for r in rows})
     for trial in trials:

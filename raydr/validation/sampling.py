@@ -1,18 +1,24 @@
 """Corpus-subset strategies for validation (Asyncval): which documents a validator searches.
 
+This module also owns the run's saved subset (``subset_path``): chosen once per run, so all its
+checkpoints are compared on one subset, and read back by ``raydr evaluate --subset``.
+
 Every strategy keeps all judged documents, so a relevant document is never missing from the
 subset; what differs is the set of distractors. Subsets are seeded and reproducible.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from raydr.config import BM25Config, SamplingConfig
+from raydr.config import BM25Config, RaydrConfig, SamplingConfig
 from raydr.errors import RaydrError
+from raydr.validation.ledger import validation_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +111,63 @@ def check_queries(
             len(qrels),
         )
     return kept
+
+
+def subset_path(cfg: RaydrConfig) -> Path:
+    """Where a run keeps the doc ids its validators search (beside the ledger)."""
+    return validation_dir(cfg) / "subset.json"
+
+
+def read_subset(path: str | Path) -> list[str]:
+    """The doc ids of a saved validation subset, or one clear error."""
+    try:
+        return list(json.loads(Path(path).read_text())["doc_ids"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RaydrError(f"{path}: expected a validation subset.json ({exc})") from None
+
+
+def prepare_subset(cfg: RaydrConfig) -> list[str] | None:
+    """Pick the run's validation corpus subset once and save its ids beside the ledger.
+
+    A restarted run reuses the saved subset. → None for the full corpus.
+    """
+    from raydr import atomic
+    from raydr.data.split import load_split
+
+    scfg = cfg.validation.sampling
+    path = subset_path(cfg)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("sampling") != scfg.model_dump():
+            raise RaydrError(
+                f"{path}: saved with sampling {saved.get('sampling')}, but the config asks for "
+                f"{scfg.model_dump()}; use a new run name to change the subset"
+            )
+        return saved["doc_ids"]
+    split = load_split(cfg.data.path, cfg.validation.split).limit_queries(
+        cfg.validation.max_queries
+    )
+    pools: dict[str, set[str]] = {}
+    if scfg.strategy in {"bm25-pool", "union"}:
+        pools["bm25"] = bm25_pool(
+            split.passages, split.doc_ids, split.queries, scfg.depth, cfg.bm25
+        )
+    if scfg.strategy in {"dense-pool", "union"}:
+        from raydr.retrieval.dense import DenseRetriever, search_and_score
+        from raydr.training import checkpoint
+
+        # The initial model (model.name): what the pool looks like before training moves it.
+        retriever = DenseRetriever(*checkpoint.load(cfg.model.name, cfg.model), cfg)
+        _, run = search_and_score(
+            cfg,
+            retriever.embed(split.passages, "passages"),
+            retriever.embed(split.queries, "queries"),
+            split.doc_ids,
+            split.query_ids,
+            split.qrels,
+        )
+        pools["dense"] = run_pool(run, scfg.depth)
+    subset = select(scfg, split.doc_ids, split.qrels, **pools)
+    check_queries(split.qrels, subset, cfg.validation.split)
+    atomic.write_json(path, {"sampling": scfg.model_dump(), "size": len(subset), "doc_ids": subset})
+    return None if scfg.strategy == "full" else subset

@@ -1,14 +1,13 @@
 """A warm validator: holds its queries, qrels and tokenised corpus subset; scores checkpoints.
 
-One instance lives in one Ray actor. Start-up (load data, tokenise the subset) happens once;
-each checkpoint then costs only: load weights, encode, index, retrieve, score.
+One instance lives in one Ray actor (or, for inline validation, in training's rank 0).
+Start-up (load data, tokenise the subset) happens once; each checkpoint then costs only: load
+weights, encode, index, retrieve, score.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,23 +15,12 @@ import numpy as np
 from raydr.config import RaydrConfig
 
 
-def step_of(path: str | Path) -> int:
-    """The training step of a checkpoint: raydr.json, else the last number in its name."""
-    from raydr.training import checkpoint
-
-    path = Path(path)
-    if (path / checkpoint.META).exists():
-        return checkpoint.read(path).step
-    numbers = re.findall(r"\d+", path.name)
-    return int(numbers[-1]) if numbers else 0
-
-
 class Validator:
     def __init__(self, config: dict[str, Any], subset: list[str] | None, threads: int = 1) -> None:
         import torch
 
-        from raydr.evaluate import load_split
-        from raydr.training.loop import pin_cpus
+        from raydr.data.split import load_split
+        from raydr.dist import pin_cpus
 
         torch.set_num_threads(max(1, int(threads)))  # Ray actors start with one thread
         self.cfg = RaydrConfig.model_validate(config)
@@ -53,28 +41,30 @@ class Validator:
             )
         return self._tokens[key]
 
+    def _retriever(self, path: str):
+        from raydr.retrieval.dense import DenseRetriever
+        from raydr.training import checkpoint
+
+        return DenseRetriever(*checkpoint.load(path, self.cfg.model), self.cfg)
+
     def ping(self) -> bool:
         return True
 
     def warm(self) -> int:
         """Tokenise the subset with the configured model's tokenizer now; → subset size."""
-        from raydr.evaluate import DenseRetriever
-
-        self._tokenized(DenseRetriever(self.cfg))
+        self._tokenized(self._retriever(self.cfg.model.name))
         return len(self.split.doc_ids)
 
-    def validate(self, path: str) -> dict[str, Any]:
-        """Score the checkpoint at ``path``. → flat dict: metrics, timings, sizes, step.
+    def validate(self, path: str, step: int) -> dict[str, Any]:
+        """Score the checkpoint of ``step`` at ``path``. → flat dict: metrics, the declared
+        primary metric, timings, sizes.
 
         Raises RaydrError when the checkpoint cannot be loaded (recorded as failed upstream).
         """
-        from raydr.evaluate import search_and_score
-        from raydr.training import checkpoint
+        from raydr.retrieval.dense import search_and_score
 
         t0, started_at = time.perf_counter(), time.time()
-        if (Path(path) / checkpoint.META).exists():
-            checkpoint.read(path)  # a complete raydr checkpoint, or a clear error
-        retriever = _load(self.cfg, path)
+        retriever = self._retriever(path)
         docs, queries = self._tokenized(retriever)
         t_load = time.perf_counter()
         bs = self.cfg.validation.batch_size
@@ -89,7 +79,7 @@ class Validator:
         return {
             **metrics,
             "primary_metric": self.cfg.eval.primary_metric,
-            "checkpoint_step": step_of(path),
+            "checkpoint_step": step,
             "subset_size": len(self.split.doc_ids),
             "num_queries": len(self.split.query_ids),
             "load_s": t_load - t0,
@@ -109,15 +99,3 @@ def _node_id() -> str | None:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-
-
-def _load(cfg: RaydrConfig, path: str):
-    from raydr.errors import RaydrError
-    from raydr.evaluate import DenseRetriever
-
-    try:
-        return DenseRetriever(cfg, path)
-    except RaydrError:
-        raise
-    except Exception as exc:  # truncated safetensors, foreign configs, missing tokenizer, ...
-        raise RaydrError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None

@@ -1,6 +1,6 @@
 """Watch mode: find checkpoints in a folder as they become complete, from any trainer.
 
-raydr checkpoints are complete once ``raydr.json`` exists (they appear by atomic rename). A
+raydr checkpoints are complete once they describe themselves (they appear by atomic rename). A
 Hugging Face folder from another framework may be written in place, so it counts as complete
 only when it has a config and weights and nothing in it changed between two polls at least
 ``settle_s`` apart. Hidden folders (temporary names) are never picked up.
@@ -11,9 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from raydr.training.checkpoint import META
-
-WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+from raydr.training import checkpoint
 
 
 def _signature(folder: Path) -> tuple:
@@ -26,13 +24,6 @@ def _signature(folder: Path) -> tuple:
     )
 
 
-def _looks_complete(folder: Path) -> bool:
-    if (folder / META).is_file():
-        return True
-    root = folder / "query" if (folder / "query").is_dir() else folder
-    return (root / "config.json").is_file() and any((root / w).is_file() for w in WEIGHTS)
-
-
 class Watcher:
     def __init__(self, root: str | Path, settle_s: float = 2.0) -> None:
         self.root = Path(root)
@@ -43,7 +34,7 @@ class Watcher:
     def _candidates(self) -> list[Path]:
         folders = (
             [self.root]
-            if _looks_complete(self.root) or (self.root / "config.json").exists()
+            if checkpoint.looks_loadable(self.root) or (self.root / "config.json").exists()
             else []
         )
         folders += [
@@ -56,9 +47,9 @@ class Watcher:
         ready = []
         now = time.monotonic()
         for folder in self._candidates():
-            if folder in self._done or not _looks_complete(folder):
+            if folder in self._done or not checkpoint.looks_loadable(folder):
                 continue
-            if (folder / META).is_file():
+            if checkpoint.is_raydr(folder):
                 ready.append(folder)
                 continue
             sig = _signature(folder)

@@ -3,7 +3,6 @@ head, and placement on simulated multi-node clusters (ray.cluster_utils)."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -93,18 +92,13 @@ def test_ray_job_submit_to_a_local_head(
         subprocess.run(
             [str(bin_dir / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
         )
-    steps = sorted(
-        json.loads((p / "raydr.json").read_text())["step"]
-        for p in (tmp_path / "storage" / "tiny-job").glob("checkpoint_step_*")
-    )
-    assert steps == [1, 2]
-    ledger = [
-        json.loads(x)
-        for x in (tmp_path / "runs" / "tiny-job" / "validation" / "ledger.jsonl")
-        .read_text()
-        .splitlines()
-    ]
-    assert sorted(r["step"] for r in ledger if r["status"] == "done") == [1, 2]
+    from raydr.training import checkpoint
+    from raydr.validation.ledger import Ledger
+
+    folders = (tmp_path / "storage" / "tiny-job").iterdir()
+    assert sorted(checkpoint.read(p).step for p in folders if checkpoint.is_raydr(p)) == [1, 2]
+    ledger = Ledger.find(tmp_path / "runs" / "tiny-job")
+    assert [r["step"] for r in ledger.results()] == [1, 2]
 
 
 def test_unreachable_address_and_unknown_storage_scheme(

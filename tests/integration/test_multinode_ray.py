@@ -6,6 +6,7 @@ the nodes left; an elastic run starts at its minimum and grows when a node joins
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import threading
@@ -53,7 +54,7 @@ def _record_node_and_world(loop_config: dict) -> None:
     from raydr.training.loop import train_loop_per_worker
 
     ctx = ray.train.get_context()
-    out = Path(loop_config["storage"]).parent / "starts"
+    out = Path(loop_config["ctx"].storage).parent / "starts"
     out.mkdir(exist_ok=True)
     (out / f"{time.time_ns()}-{os.getpid()}.json").write_text(
         json.dumps(
@@ -95,7 +96,7 @@ def test_trainers_and_fractional_gpu_validators_land_on_their_node_types(
 ) -> None:
     from ray import cloudpickle
 
-    from raydr.training.trainer import train
+    from raydr.validation.client import train
 
     cloudpickle.register_pickle_by_value(__import__(__name__))
     first = _add_train_node(cluster)
@@ -145,13 +146,14 @@ def _two_phase_loop(loop_config: dict) -> None:
     from that checkpoint."""
     import ray.train
 
-    marker = Path(loop_config["storage"]).parent / "phase1-done"
+    marker = Path(loop_config["ctx"].storage).parent / "phase1-done"
     if marker.exists():
         _record_node_and_world(loop_config)
         return
-    short = copy.deepcopy(loop_config)
-    short["config"]["training"]["max_steps"] = 2
-    _record_node_and_world(short)
+    ctx = loop_config["ctx"]
+    config = copy.deepcopy(ctx.config)
+    config["training"]["max_steps"] = 2
+    _record_node_and_world({"ctx": dataclasses.replace(ctx, config=config)})
     if ray.train.get_context().get_world_rank() == 0:
         marker.write_text("")
     time.sleep(240)
@@ -159,7 +161,7 @@ def _two_phase_loop(loop_config: dict) -> None:
 
 
 def _train_in_thread(cfg):
-    from raydr.training.trainer import train
+    from raydr.validation.client import train
 
     out: dict = {}
 

@@ -50,7 +50,7 @@ def test_train_two_workers_writes_self_describing_checkpoints(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     from raydr.training import checkpoint
-    from raydr.training.trainer import train
+    from raydr.validation.client import train
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives)
     result, _ = train(cfg)
@@ -87,17 +87,16 @@ def _embed(path: str, cfg: config.RaydrConfig, texts: list[str]) -> np.ndarray:
 def test_rerun_resumes_from_the_latest_checkpoint(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
-    from raydr.training.trainer import train
+    from raydr.validation.client import train
 
     first, _ = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=2))
     assert first.metrics["step"] == 2
     # Same storage_path and name, more epochs: Ray restores the run and the loop continues at 2.
     again, _ = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=3))
     assert again.metrics["step"] == 3
-    steps = sorted(
-        json.loads((Path(c.path) / "raydr.json").read_text())["step"]
-        for c, _ in again.best_checkpoints
-    )
+    from raydr.training import checkpoint
+
+    steps = sorted(checkpoint.read(c.path).step for c, _ in again.best_checkpoints)
     assert steps[-1] == 3
 
 
@@ -127,8 +126,8 @@ def _kill_rank1_after_first_checkpoint(loop_config: dict) -> None:
 
     from raydr.training.loop import train_loop_per_worker
 
-    training = loop_config["config"]["training"]
-    run_dir = Path(training["storage_path"]) / loop_config["config"]["name"]
+    ctx = loop_config["ctx"]
+    run_dir = Path(ctx.storage) / ctx.config["name"]
     marker = run_dir.parent / "killed-once"
     if ray.train.get_context().get_world_rank() == 1 and not marker.exists():
 
@@ -166,18 +165,19 @@ def test_killed_worker_resumes_from_checkpoint(
     assert result.error is None
     assert result.metrics["step"] == 30
     assert result.metrics["resumed_from_step"] >= 1  # restarted from a checkpoint, not from 0
-    folders = sorted((tmp_path / "storage" / cfg.name).glob("checkpoint_step_*"))
-    steps = [checkpoint.read(f).step for f in folders]  # every one complete and readable
+    folders = [f for f in (tmp_path / "storage" / cfg.name).iterdir() if checkpoint.is_raydr(f)]
+    steps = sorted(checkpoint.read(f).step for f in folders)  # every one complete and readable
     assert max(steps) == 30 and len(steps) == len(set(steps))
 
 
 def test_corrupted_checkpoint_is_refused_on_resume(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
+    from raydr.training.checkpoint import dir_name
     from raydr.training.trainer import check_existing_checkpoints
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives)
-    bad = tmp_path / "storage" / cfg.name / "checkpoint_step_0000003"
+    bad = tmp_path / "storage" / cfg.name / dir_name(3)
     bad.mkdir(parents=True)
     (bad / "raydr.json").write_text("{not json")
     snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": bad.name}}

@@ -54,7 +54,7 @@ def _tree(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> dict:
 def test_bad_search_input_is_refused_before_any_trial(
     tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
-    from raydr.tuning import check_metric, parse_space
+    from raydr.tuning.space import check_metric, parse_space
 
     tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
     cases = [
@@ -90,7 +90,7 @@ def test_bad_search_input_is_refused_before_any_trial(
 def test_rerunning_an_edited_search_is_refused_not_silently_resumed(
     tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
-    from raydr.tuning import check_same_search
+    from raydr.tuning.search import check_same_search
 
     tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
     record = tmp_path / "runs" / "tiny-tune" / "search_config.json"
@@ -108,7 +108,7 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
 ) -> None:
     import ray
 
-    from raydr.tuning import run_search
+    from raydr.tuning.search import run_search
     from raydr.validation.ledger import Ledger
 
     cfg = config.build(_tree(tmp_path, tiny_dataset, tiny_model_dir, negatives), "t")
@@ -122,7 +122,7 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
     assert bad["stopped_early"] is True, "ASHA should have stopped the frozen trial"
     # It was judged on a validated metric: the ledger holds its checkpoint at the grace step,
     # scoring below the learning trial's at the same step.
-    ledger = Ledger(tmp_path / "runs" / "tiny-tune" / "validation" / "ledger.jsonl")
+    ledger = Ledger.for_run(cfg)
     at4 = {r["trial"]: r["metrics"]["nDCG@10"] for r in ledger.results() if r["step"] == 4}
     assert at4[bad["trial"]] < at4[good["trial"]]
     # Every checkpoint the stopped trial submitted was validated and recorded (nothing owed).

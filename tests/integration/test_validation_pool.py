@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def _checkpoint(root: Path, model_dir: Path, step: int, cfg: config.RaydrConfig)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    path = root / f"checkpoint_step_{step:07d}"
+    path = root / checkpoint.dir_name(step)
     checkpoint.write(
         path,
         model,
@@ -74,6 +73,7 @@ def test_two_checkpoints_validated_concurrently_and_match_evaluate(
 ) -> None:
     from raydr.evaluate import evaluate
     from raydr.validation.pool import start_pool
+    from raydr.validation.sampling import read_subset, subset_path
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir)
     ckpts = [_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (10, 20)]
@@ -90,7 +90,7 @@ def test_two_checkpoints_validated_concurrently_and_match_evaluate(
     assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"], (
         "not concurrent"
     )
-    subset = json.loads((cfg.run_dir / "validation" / "subset.json").read_text())["doc_ids"]
+    subset = read_subset(subset_path(cfg))
     assert a["subset_size"] == len(subset) == 10 + 10  # 10 random + 10 judged docs
     # The pool and `raydr evaluate` on the same checkpoint and subset agree.
     for row, ckpt in zip(rows, ckpts, strict=True):
@@ -119,11 +119,7 @@ def test_actor_killed_mid_validation_is_redone_exactly_once(
         time.sleep(0.005)
     ray.kill(actor, no_restart=False)  # a real process kill; Ray restarts the actor
     _wait(pool)
-    rows = [
-        r
-        for r in Ledger(cfg.run_dir / "validation" / "ledger.jsonl").rows()
-        if r["status"] != "pending"
-    ]
+    rows = [r for r in Ledger.for_run(cfg).rows() if r["status"] != "pending"]
     assert len(rows) == 1 and rows[0]["status"] == "done"
     assert rows[0]["attempts"] == 2  # the killed attempt, then the re-do
     # Submitting the same checkpoint again is refused: exactly once.
@@ -145,7 +141,7 @@ def test_unloadable_checkpoint_fails_with_reason_and_pool_keeps_serving(
     ray.get(pool.submit.remote("t", 1, str(bad)))
     ray.get(pool.submit.remote("t", 2, str(good)))
     _wait(pool)
-    state = Ledger(cfg.run_dir / "validation" / "ledger.jsonl").state()
+    state = Ledger.for_run(cfg).state()
     assert state[("t", 1)]["status"] == "failed"
     assert "cannot load" in state[("t", 1)]["error"] and str(bad) in state[("t", 1)]["error"]
     assert state[("t", 2)]["status"] == "done"
@@ -164,7 +160,7 @@ def test_ledger_survives_pool_restart_and_owed_work_is_done(
     ray.get(pool.submit.remote("t", 1, str(c1)))
     _wait(pool)
     ray.kill(pool)
-    ledger = Ledger(cfg.run_dir / "validation" / "ledger.jsonl")
+    ledger = Ledger.for_run(cfg)
     # Work taken in but not finished when the pool died, plus a torn line from the crash.
     ledger.append({"trial": "t", "step": 2, "checkpoint": str(c2), "status": "pending"})
     with open(ledger.path, "a") as fh:
@@ -182,7 +178,7 @@ def test_train_pushes_every_checkpoint_to_the_pool(
 ) -> None:
     from raydr.config import BM25Config
     from raydr.mining.bm25 import mine_bm25_negatives
-    from raydr.training.trainer import train
+    from raydr.validation.client import train
     from raydr.validation.report import best_row
 
     negatives = tmp_path / "neg.parquet"
@@ -209,8 +205,8 @@ def test_train_pushes_every_checkpoint_to_the_pool(
 def test_bad_validation_input(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:
-    from raydr.validation.pool import check_resources, prepare_subset
-    from raydr.validation.sampling import check_queries
+    from raydr.validation.pool import check_resources
+    from raydr.validation.sampling import check_queries, prepare_subset
 
     with pytest.raises(RaydrError, match="asks for GPU=2, but the cluster has 1 GPU"):
         check_resources(_cfg(tmp_path, tiny_dataset, tiny_model_dir, num_gpus=2))
@@ -220,8 +216,7 @@ def test_bad_validation_input(
         prepare_subset(
             _cfg(
                 tmp_path, tiny_dataset, tiny_model_dir, sampling={"strategy": "random", "size": 500}
-            ),
-            tmp_path,
+            )
         )
     with pytest.raises(RaydrError, match="no query has a relevant judged doc in the corpus subset"):
         check_queries({"q0": {"bio-0": 1}}, ["astro-1", "geo-2"], "test")

@@ -99,3 +99,20 @@ def test_every_shipped_job_validates() -> None:
             f"{job.name}: must open with its launch command"
         )
         config.load(job)
+
+
+def test_one_storage_root_derives_every_path(tmp_path: Path) -> None:
+    base = {"name": "job", "output_dir": str(tmp_path / "out"), "data": {"path": "x"}}
+    paths = config.build(base, "t").paths
+    assert paths.run_dir == tmp_path / "out" / "job"
+    assert paths.train_storage == str(tmp_path / "out" / "ray")
+    assert paths.tune_storage == str(tmp_path / "out" / "tune")
+    assert str(paths.run_dir) in paths.describe() and paths.train_storage in paths.describe()
+    # Explicit overrides win; URIs stay URIs; neither replaces the other.
+    tree = {**base, "training": {"storage_path": "s3://bucket/ckpt"}, "tune": {"storage_path": "t"}}
+    paths = config.build(tree, "t").paths
+    assert paths.train_storage == "s3://bucket/ckpt"
+    assert paths.tune_storage == str(Path("t").resolve())
+    absolute = config.build(tree, "t").with_absolute_paths()
+    assert absolute.training.storage_path == "s3://bucket/ckpt"
+    assert absolute.paths == paths

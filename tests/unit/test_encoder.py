@@ -61,9 +61,28 @@ def test_save_and_reload_roundtrip(tiny_model_dir: Path, tmp_path: Path, shared:
     assert model.shared is shared
     ids = torch.tensor([[2, 7, 9, 3]])
     mask = torch.ones_like(ids)
-    model.save_pretrained(tmp_path / "saved")
-    again = DualEncoder.from_config(cfg, str(tmp_path / "saved")).eval()
+    from transformers import AutoTokenizer
+
+    from raydr.training import checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    checkpoint.write(tmp_path / "saved", model, tokenizer, {}, step=1, epoch=0)
+    again, tok = checkpoint.load(tmp_path / "saved", cfg)
+    again.eval()
+    assert tok.get_vocab() == tokenizer.get_vocab()
     assert again.shared is shared
     with torch.no_grad():
         assert torch.allclose(model.encode_queries(ids, mask), again.encode_queries(ids, mask))
         assert torch.allclose(model.encode_passages(ids, mask), again.encode_passages(ids, mask))
+
+
+def test_checkpoint_names_and_uris_round_trip(tmp_path: Path) -> None:
+    from raydr.training import checkpoint
+
+    uri = checkpoint.uri("s3://bucket/ray/", "run", 42)
+    assert uri == f"s3://bucket/ray/run/{checkpoint.dir_name(42)}"
+    folder = tmp_path / checkpoint.dir_name(42)
+    folder.mkdir()
+    assert checkpoint.step_of(folder) == 42  # from the name while it has no record
+    assert checkpoint.step_of(tmp_path / "checkpoint-500") == 500  # a foreign trainer's folder
+    assert not checkpoint.is_raydr(folder) and not checkpoint.looks_loadable(folder)

@@ -37,3 +37,15 @@ def test_exhausted_epoch_gives_no_batches_but_a_too_small_dataset_is_an_error() 
     assert shard(10, 0, 0, 0, 1, 4, start=8) == []
     with pytest.raises(RaydrError, match="cannot fill one step of batch_size=8 x 2 workers"):
         shard(10, 0, 0, 0, 2, 8)
+
+
+@pytest.mark.parametrize(
+    ("rows", "world", "batch", "accum"), [(50, 3, 4, 1), (50, 2, 4, 2), (7, 1, 2, 3)]
+)
+def test_steps_per_epoch_is_what_shard_yields(
+    rows: int, world: int, batch: int, accum: int
+) -> None:
+    from raydr.training import plan
+
+    micro_batches = len(shard(rows, 0, 0, 0, world, batch))
+    assert plan.steps_per_epoch(rows, world, batch, accum) == micro_batches // accum

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from raydr.validation.metrics import drop_identical_ids, score, write_trec_run
+from raydr.retrieval.metrics import drop_identical_ids, score, write_trec_run
 
 QRELS = {"q1": {"d1": 1, "d3": 1}, "q2": {"d5": 2, "d6": 1}, "q3": {"d9": 1}}
 RUN = {

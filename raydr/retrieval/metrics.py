@@ -6,27 +6,13 @@ them (``nDCG@10``), so the validator's primary metric and Tune's ``metric`` shar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
+from raydr.config import EvalConfig, check_measures
 from raydr.errors import RaydrError
 
 Qrels = Mapping[str, Mapping[str, int]]  # query_id -> {doc_id: relevance}
 Run = Mapping[str, Mapping[str, float]]  # query_id -> {doc_id: score}
-
-
-def check_measures(names: Iterable[str]) -> list:
-    """Parse measure names with ir-measures; an unknown name is a ValueError naming it."""
-    import ir_measures
-
-    parsed = []
-    for name in names:
-        try:
-            parsed.append(ir_measures.parse_measure(name))
-        except (ValueError, NameError, SyntaxError, TypeError, AttributeError):
-            raise ValueError(
-                f"unknown IR measure {name!r} (ir-measures names, e.g. nDCG@10, RR@10, R@100, AP)"
-            ) from None
-    return parsed
 
 
 def drop_identical_ids(run: Run) -> dict[str, dict[str, float]]:
@@ -55,6 +41,20 @@ def score(qrels: Qrels, run: Run, measures: list[str]) -> dict[str, float]:
         # ir-measures omits queries with an empty run; trec_eval -c scores them 0.
         out[name] = sum(values.get(q, 0.0) for q in qrels) / len(qrels)
     return out
+
+
+def score_run(
+    qrels: Qrels, run: Run, cfg: EvalConfig
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Score a run as every raydr command does (``cfg.metrics``, BEIR's identical-id rule).
+
+    → (metrics, the run as scored), so a written run file matches the metrics."""
+    scored = (
+        drop_identical_ids(run)
+        if cfg.ignore_identical_ids
+        else {q: dict(d) for q, d in run.items()}
+    )
+    return score(qrels, scored, cfg.metrics), scored
 
 
 def write_trec_run(path, run: Run, tag: str = "raydr") -> None:

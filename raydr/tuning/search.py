@@ -1,0 +1,185 @@
+"""Run (or resume) a search: size trials beside the validators, build the scheduler on the
+validated step, start the shared validation pool, and hand the results to ``summary``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from raydr.config import RaydrConfig
+from raydr.errors import RaydrError
+from raydr.validation.ledger import VALIDATED_STEP
+
+log = logging.getLogger(__name__)
+
+
+def trial_resources(cfg: RaydrConfig) -> dict[str, float]:
+    t = cfg.training
+    workers = t.num_workers[0] if isinstance(t.num_workers, tuple) else t.num_workers
+    per = {k: v * workers for k, v in t.resources_per_worker.items()}
+    per["CPU"] = per.get("CPU", 0.0) + cfg.tune.trial_cpus
+    return per
+
+
+def concurrency(cfg: RaydrConfig, total: dict[str, float]) -> int:
+    """How many trials fit beside the validator pool's reservations."""
+    v = cfg.validation
+    pool = {"CPU": v.num_cpus * v.num_actors, "GPU": v.num_gpus * v.num_actors}
+    fits = []
+    for name, need in trial_resources(cfg).items():
+        if need <= 0:
+            continue
+        free = total.get(name, 0.0) - pool.get(name, 0.0)
+        fits.append(math.floor(free / need + 1e-9))
+    n = min(fits) if fits else 1
+    if n < 1:
+        raise RaydrError(
+            f"one trial needs {trial_resources(cfg)} beside the validators' {pool}, but the cluster "
+            f"has {total}; lower training.num_workers or validation.num_actors"
+        )
+    return n
+
+
+def _scheduler(cfg: RaydrConfig, metric: str, total_steps: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    s = cfg.tune.scheduler
+    if s.type == "none":
+        return FIFOScheduler()
+    if s.type == "median":
+        return MedianStoppingRule(
+            time_attr=VALIDATED_STEP, metric=metric, mode=cfg.tune.mode, grace_period=s.grace_period
+        )
+    return ASHAScheduler(
+        time_attr=VALIDATED_STEP,
+        metric=metric,
+        mode=cfg.tune.mode,
+        max_t=s.max_t or total_steps,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def _search_alg(cfg: RaydrConfig, metric: str):
+    if cfg.tune.search_alg != "optuna":
+        return None  # Tune's default: random sampling, grid_search expanded
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise RaydrError("tune.search_alg=optuna needs `pip install optuna`") from None
+    return OptunaSearch(metric=metric, mode=cfg.tune.mode, seed=cfg.tune.seed)
+
+
+def total_training_steps(cfg: RaydrConfig) -> int:
+    """A trial's steps at its smallest world size: the scheduler's ``max_t``."""
+    from raydr.data.groups import build_rows, load_negatives
+    from raydr.training import plan
+
+    t = cfg.training
+    negatives = load_negatives(t.negatives) if t.negatives else None
+    rows = build_rows(cfg.data.path, t.split, negatives)
+    return plan.total_steps(t, len(rows), plan.world_sizes(t)[0])
+
+
+def run_search(cfg: RaydrConfig) -> dict[str, Any]:
+    """Run (or resume) the search; → summary dict (also written to ``run_dir/summary.json``)."""
+    import ray
+    from ray import tune
+
+    from raydr.training.trainer import check_capacity, init_ray, preflight
+    from raydr.tuning.space import check_metric, parse_space
+    from raydr.tuning.summary import summarize
+    from raydr.tuning.trial import tune_trial
+    from raydr.validation.pool import pool_name, start_pool, wait_idle
+
+    metric = check_metric(cfg)
+    space = parse_space(cfg)
+    preflight(cfg)
+    paths = cfg.paths
+    log.info("storage:\n%s", paths.describe())
+    # Before Ray starts: an edited rerun fails in a line, without starting anything.
+    path = Path(paths.tune_storage) / cfg.name
+    resuming = tune.Tuner.can_restore(str(path))
+    check_same_search(cfg, paths.run_dir / "search_config.json", resuming)
+    init_ray(cfg)
+    check_capacity(cfg)
+    cfg = cfg.with_absolute_paths()
+    total = ray.cluster_resources()
+    max_conc = (
+        concurrency(cfg, total)
+        if cfg.tune.max_concurrent_trials == "auto"
+        else cfg.tune.max_concurrent_trials
+    )
+    samples = 2 * max_conc if cfg.tune.num_samples == "auto" else cfg.tune.num_samples
+    steps = total_training_steps(cfg)
+    # Reports without a validated metric yet are normal here: the scheduler skips them.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    pool = start_pool(cfg)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            tune_trial, base=cfg.model_dump(mode="json"), pool=pool_name(cfg.name)
+        ),
+        {"cpu": cfg.tune.trial_cpus},
+    )
+    if resuming:
+        log.info("resuming the search at %s", path)
+        tuner = tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                num_samples=samples,
+                max_concurrent_trials=max_conc,
+                scheduler=_scheduler(cfg, metric, steps),
+                search_alg=_search_alg(cfg, metric),
+            ),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=paths.tune_storage),
+        )
+    grid = tuner.fit()
+    wait_idle(pool)  # checkpoints of stopped trials are still being validated
+    ray.get(pool.close.remote())
+    ray.kill(pool)
+    return summarize(cfg, grid, metric, steps)
+
+
+def check_same_search(cfg: RaydrConfig, record: Path, resuming: bool) -> None:
+    """Tune restores a search with the space, scheduler and searcher it started with, so an
+    edited config would be silently ignored on a rerun: refuse it, naming what changed. The
+    config is compared as declared (relative paths), since a job's working dir moves between
+    submissions; the ``ray`` section may change (a resumed search may get a bigger cluster)."""
+    import json
+
+    from raydr import atomic
+
+    now = cfg.model_dump(mode="json", exclude={"ray"})
+    if resuming and record.exists():
+        try:
+            before = json.loads(record.read_text())
+        except ValueError as exc:
+            raise RaydrError(f"{record}: not valid JSON ({exc}); delete it to resume") from None
+        old, new = _flatten(before), _flatten(now)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            raise RaydrError(
+                f"search {cfg.name!r} was started with a different config ({record}); changed: "
+                f"{', '.join(changed[:6])}{' …' if len(changed) > 6 else ''}. Rerun it as it was "
+                f"to resume it, or start a new search with name=<new name>"
+            )
+    else:
+        atomic.write_json(record, now)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
