@@ -16,7 +16,17 @@ from raydr.errors import RaydrError
 def _cmd_import_beir(args: argparse.Namespace) -> None:
     from raydr.data.beir import import_beir
 
-    report = import_beir(args.src, args.out, overwrite=args.overwrite, strict=args.strict)
+    if args.dev_queries < 1:
+        raise RaydrError(f"--dev-queries {args.dev_queries}: expected a positive count")
+    report = import_beir(
+        args.src,
+        args.out,
+        overwrite=args.overwrite,
+        strict=args.strict,
+        dev_from=args.dev_from,
+        dev_queries=args.dev_queries,
+        dev_seed=args.dev_seed,
+    )
     print(json.dumps(report, indent=2))
 
 
@@ -57,31 +67,32 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if result.error:
         raise RaydrError(f"training failed: {result.error}")
     print(json.dumps(result.metrics, indent=2, default=str))
+    metric = cfg.eval.primary_metric
+    chosen, label = (result.checkpoint.path if result.checkpoint else None), "final checkpoint"
     if validated is not None:
         from raydr.validation.ledger import Ledger
         from raydr.validation.report import best_row, plot_curves
 
-        png = plot_curves(Ledger.for_run(cfg), cfg.eval.primary_metric)
-        best = best_row(validated, cfg.eval.primary_metric)
-        print(f"validation curve: {png}")
+        print(f"validation curve: {plot_curves(Ledger.for_run(cfg), metric)}")
+        best = best_row(validated, metric)
         if best is not None:
+            # Select on the validation split (dev), report on data.split (test), touched once.
+            chosen = best["checkpoint"]
+            label = f"checkpoint selected on {cfg.validation.split} (step {best['step']})"
             print(
-                f"best checkpoint by {cfg.eval.primary_metric} (validation subset): step "
-                f"{best['step']} = {best['metrics'][cfg.eval.primary_metric]:.4f} → {best['checkpoint']}"
+                f"best checkpoint by {metric} on {cfg.validation.split} (validation subset): step "
+                f"{best['step']} = {best['metrics'][metric]:.4f} → {chosen}"
             )
-    if result.checkpoint is None or args.no_eval:
+    if chosen is None or args.no_eval:
         return
-    print(f"final checkpoint: {result.checkpoint.path}")
     import torch
 
     from raydr.evaluate import evaluate, format_table
 
     torch.set_num_threads(os.cpu_count() or 1)  # the driver may have inherited 1 from Ray
-    scored = evaluate(cfg, model_path=result.checkpoint.path, progress=not args.quiet)
+    scored = evaluate(cfg, model_path=chosen, progress=not args.quiet)
     print(format_table(scored))
-    print(
-        f"[final checkpoint on {cfg.data.split}, full corpus] → {cfg.paths.run_dir / 'metrics.json'}"
-    )
+    print(f"[{label} on {cfg.data.split}, full corpus] → {cfg.paths.run_dir / 'metrics.json'}")
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -193,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output folder (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--strict", action="store_true", help="qrels with unknown ids are errors")
+    p.add_argument(
+        "--dev-from",
+        metavar="SPLIT",
+        help="carve a 'dev' split for model selection out of SPLIT's queries (e.g. train)",
+    )
+    p.add_argument("--dev-queries", type=int, default=100, help="queries carved into dev")
+    p.add_argument("--dev-seed", type=int, default=0, help="seed of the carving")
     p.set_defaults(func=_cmd_import_beir)
 
     for name, func, text in [

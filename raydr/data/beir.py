@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from raydr.atomic import atomic_dir
 from raydr.data.schema import CORPUS, QRELS, QUERIES, SCHEMA_VERSION
+from raydr.data.split import DEV, carve_queries
 from raydr.errors import RaydrError
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,21 @@ _INT = re.compile(r"-?[0-9]+")  # what pyarrow accepts: no "+", no spaces
 
 
 def import_beir(
-    src: Path | str, out: Path | str, *, overwrite: bool = False, strict: bool = False
+    src: Path | str,
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    strict: bool = False,
+    dev_from: str | None = None,
+    dev_queries: int = 100,
+    dev_seed: int = 0,
 ) -> dict[str, Any]:
     """Import the BEIR directory ``src`` into ``out``; return a report of counts and warnings.
 
     Qrels rows naming unknown query or doc ids are dropped with a warning, or are an error
-    with ``strict=True``. Duplicate (query, doc) rows keep the first. Raises ``RaydrError``.
+    with ``strict=True``. Duplicate (query, doc) rows keep the first. ``dev_from``: carve a
+    ``dev`` split of ``dev_queries`` queries (seeded by ``dev_seed``) out of that split, which
+    keeps the rest; the manifest records how. Raises ``RaydrError``.
     """
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -53,6 +63,17 @@ def import_beir(
     corpus_path = _find(src, "corpus.jsonl")
     queries_path = _find(src, "queries.jsonl")
     qrels_paths = _find_qrels(src)
+    if dev_from is not None:
+        if dev_from not in qrels_paths:
+            raise RaydrError(
+                f"--dev-from {dev_from}: {src}/qrels has no such split "
+                f"(available: {', '.join(sorted(qrels_paths))})"
+            )
+        if DEV in qrels_paths:
+            raise RaydrError(
+                f"--dev-from {dev_from}: {qrels_paths[DEV]} already is a {DEV!r} split; use it "
+                f"as it is (drop --dev-from)"
+            )
     warnings: list[str] = []
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -64,20 +85,26 @@ def import_beir(
         pq.write_table(queries, tmp / "queries.parquet")
 
         (tmp / "qrels").mkdir()
-        splits: dict[str, dict[str, int]] = {}
+        splits: dict[str, dict[str, Any]] = {}
         for split, path in qrels_paths.items():
             qrels = _read_qrels(path)
             qrels, duplicates = _drop_duplicates(qrels, path, warnings)
             qrels, unknown = _drop_unknown(qrels, path, corpus, queries, strict, warnings)
             if qrels.num_rows == 0:
                 _warn(warnings, f"{path}: no qrels rows left; split {split!r} is empty")
+            splits[split] = {"dropped_duplicate": duplicates, "dropped_unknown": unknown}
+            if split == dev_from:
+                qrels, dev = carve_queries(qrels, dev_queries, dev_seed, f"--dev-queries ({path})")
+                pq.write_table(dev, tmp / "qrels" / f"{DEV}.parquet")
+                splits[DEV] = {
+                    **_counts(dev),
+                    "carved_from": dev_from,
+                    "seed": dev_seed,
+                    "dropped_duplicate": 0,
+                    "dropped_unknown": 0,
+                }
             pq.write_table(qrels, tmp / "qrels" / f"{split}.parquet")
-            splits[split] = {
-                "queries": pc.count_distinct(qrels["query_id"]).as_py(),
-                "rows": qrels.num_rows,
-                "dropped_duplicate": duplicates,
-                "dropped_unknown": unknown,
-            }
+            splits[split].update(_counts(qrels))
 
         report: dict[str, Any] = {
             "source": str(src.resolve()),
@@ -92,6 +119,10 @@ def import_beir(
         manifest = {"schema_version": SCHEMA_VERSION, "format": "beir", **report}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return {**report, "out": str(out), "warnings": warnings}
+
+
+def _counts(qrels: pa.Table) -> dict[str, int]:
+    return {"queries": pc.count_distinct(qrels["query_id"]).as_py(), "rows": qrels.num_rows}
 
 
 # --- locating the input ---------------------------------------------------------------------

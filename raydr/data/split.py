@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from raydr.errors import RaydrError
+
+DEV = "dev"  # the split carved out of training queries for model selection
 
 
 @dataclass
@@ -64,3 +70,18 @@ def load_split(data_dir: str | Path, split: str) -> Split:
         queries=[text_of[q] for q in query_ids],
         qrels={q: qrels[q] for q in query_ids},
     )
+
+
+def carve_queries(qrels: pa.Table, n: int, seed: int, what: str) -> tuple[pa.Table, pa.Table]:
+    """Split a qrels table by query: ``n`` queries drawn with ``seed`` (a pure function of the
+    sorted query ids, so a re-import gives the same split) → (the rest, the carved ones)."""
+    ids = sorted(set(qrels["query_id"].to_pylist()))
+    if not 0 < n < len(ids):
+        raise RaydrError(
+            f"{what}: {n} queries to carve, but the split has {len(ids)}; expected 1 to {len(ids) - 1}"
+        )
+    picked = pa.array(
+        [ids[i] for i in np.random.default_rng(seed).choice(len(ids), n, replace=False)]
+    )
+    inside = pc.is_in(qrels["query_id"], value_set=picked)
+    return qrels.filter(pc.invert(inside)), qrels.filter(inside)

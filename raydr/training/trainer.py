@@ -146,11 +146,31 @@ def preflight(cfg: RaydrConfig) -> None:
     check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
     world = plan.world_sizes(tcfg)[1]
     shard(len(rows), 0, cfg.seed, 0, world, tcfg.batch_size)  # one full step, or a clear error
+    warn_selection_on_training_queries(cfg, {r.query_id for r in rows})
     micro_batches = plan.steps_per_epoch(len(rows), world, tcfg.batch_size, 1)
     if micro_batches < tcfg.grad_accum:
         raise RaydrError(
             f"training.grad_accum={tcfg.grad_accum} exceeds the {micro_batches} micro-batches per "
             f"epoch ({len(rows)} queries / (batch_size {tcfg.batch_size} x {world} workers))"
+        )
+
+
+def warn_selection_on_training_queries(cfg: RaydrConfig, trained: set[str]) -> None:
+    """Checkpoints selected on queries the model trains on look better than they are."""
+    from raydr.data.tables import load_qrels
+
+    vcfg = cfg.validation
+    if not vcfg.enabled:
+        return
+    shared = trained & set(load_qrels(cfg.data.path, vcfg.split))
+    if shared:
+        log.warning(
+            "validation.split %r shares %d queries with training.split %r: checkpoint selection "
+            "on them is optimistic; carve a dev split (raydr import-beir --dev-from %s)",
+            vcfg.split,
+            len(shared),
+            cfg.training.split,
+            cfg.training.split,
         )
 
 

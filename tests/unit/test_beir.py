@@ -308,3 +308,52 @@ def test_scifact(tmp_path: Path) -> None:
     assert report["splits"]["train"]["queries"] == 809 and report["splits"]["train"]["rows"] == 919
     qrels = tables.load_qrels(tmp_path / "scifact", "test")
     assert len(qrels) == 300 and sum(map(len, qrels.values())) == 339
+
+
+def test_dev_split_is_carved_from_train_seeded_and_recorded(
+    tmp_path: Path, tiny_beir: Path
+) -> None:
+    from raydr.config import BM25Config
+    from raydr.data.groups import build_rows
+    from raydr.mining.bm25 import mine_bm25_negatives
+
+    out = tmp_path / "a"
+    report = import_beir(tiny_beir, out, dev_from="test", dev_queries=2, dev_seed=1)
+    dev, rest = tables.load_qrels(out, "dev"), tables.load_qrels(out, "test")
+    assert len(dev) == 2 and len(rest) == 3 and not set(dev) & set(rest)
+    assert set(dev) | set(rest) == {f"q{i}" for i in range(5)}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["dev"] == report["splits"]["dev"]
+    assert manifest["splits"]["dev"]["carved_from"] == "test"
+    assert manifest["splits"]["dev"]["seed"] == 1
+    assert manifest["splits"]["test"]["queries"] == 3
+    # Deterministic: the same seed carves the same queries; another seed, others.
+    import_beir(tiny_beir, tmp_path / "b", dev_from="test", dev_queries=2, dev_seed=1)
+    assert tables.load_qrels(tmp_path / "b", "dev") == dev
+    for seed in range(2, 6):
+        import_beir(tiny_beir, tmp_path / f"s{seed}", dev_from="test", dev_queries=2, dev_seed=seed)
+    assert any(tables.load_qrels(tmp_path / f"s{seed}", "dev") != dev for seed in range(2, 6))
+    # Training rows and mined negatives come from the remaining queries only.
+    assert not {r.query_id for r in build_rows(out, "test")} & set(dev)
+    mine_bm25_negatives(out, "test", tmp_path / "neg.parquet", 3, BM25Config())
+    mined = pq.read_table(tmp_path / "neg.parquet")["query_id"].to_pylist()
+    assert set(mined) == set(rest)
+
+
+def test_dev_split_bad_input(tmp_path: Path, tiny_beir: Path) -> None:
+    message = _error(lambda: import_beir(tiny_beir, tmp_path / "o", dev_from="train"))
+    assert "--dev-from train" in message and "available: test" in message
+    message = _error(lambda: import_beir(tiny_beir, tmp_path / "o", dev_from="test", dev_queries=5))
+    assert "5 queries to carve, but the split has 5; expected 1 to 4" in message
+    src = make_beir(tmp_path / "beir", qrels_dev=_tsv([("q1", "d1", 1)]))
+    message = _error(lambda: import_beir(src, tmp_path / "o", dev_from="train"))
+    assert "already is a 'dev' split" in message
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not SCIFACT.is_dir(), reason=f"{SCIFACT} is absent")
+def test_scifact_with_a_dev_split(tmp_path: Path) -> None:
+    report = import_beir(SCIFACT, tmp_path / "scifact", dev_from="train", dev_queries=200)
+    assert report["splits"]["dev"]["queries"] == 200
+    assert report["splits"]["train"]["queries"] == 609
+    assert report["splits"]["test"]["queries"] == 300

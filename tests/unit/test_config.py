@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from raydr import config
 from raydr.errors import RaydrError
@@ -116,3 +117,13 @@ def test_one_storage_root_derives_every_path(tmp_path: Path) -> None:
     absolute = config.build(tree, "t").with_absolute_paths()
     assert absolute.training.storage_path == "s3://bucket/ckpt"
     assert absolute.paths == paths
+
+
+def test_shipped_training_jobs_select_on_dev_and_report_on_test() -> None:
+    jobs = Path(__file__).resolve().parents[2] / "jobs"
+    for job in sorted(jobs.glob("*.yaml")):
+        cfg = config.load(job)
+        if "training" not in yaml.safe_load(job.read_text()):
+            continue  # evaluation-only jobs
+        assert cfg.validation.split == "dev" != cfg.training.split, job.name
+        assert cfg.data.split == "test", job.name
