@@ -40,6 +40,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Ray starts workers with one torch thread; use the CPUs this worker reserved.
     torch.set_num_threads(ctx.threads)
     pin_cpus(tcfg.cpus)
+    _seed(cfg.seed, rank)
     device = ray.train.torch.get_device()
     dtype = resolve_dtype(cfg.model.dtype, device)
 
@@ -115,6 +116,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if step >= total_steps:
                 break
         epoch, epoch_rows = epoch + 1, 0
+
+
+def _seed(seed: int, rank: int) -> None:
+    """Seed Python, numpy and torch (dropout) per rank: same seed, same run. Group sampling and
+    sharding do not use these (they are pure functions of seed, epoch and row); a resume
+    restores the generators' state from the checkpoint instead."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed * 1009 + rank)  # distinct ranks get distinct dropout masks
+    np.random.seed(seed * 1009 + rank)
+    torch.manual_seed(seed * 1009 + rank)
 
 
 def _training_data(cfg: RaydrConfig) -> tuple[list, dict[str, str]]:

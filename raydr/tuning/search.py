@@ -64,13 +64,18 @@ def _scheduler(cfg: RaydrConfig, metric: str, total_steps: int):
 
 
 def _search_alg(cfg: RaydrConfig, metric: str):
-    if cfg.tune.search_alg != "optuna":
-        return None  # Tune's default: random sampling, grid_search expanded
-    try:
-        from ray.tune.search.optuna import OptunaSearch
-    except ImportError:
-        raise RaydrError("tune.search_alg=optuna needs `pip install optuna`") from None
-    return OptunaSearch(metric=metric, mode=cfg.tune.mode, seed=cfg.tune.seed)
+    """``random`` samples each distribution (grids expanded); ``grid`` runs exactly the grid
+    (``parse_space`` refuses anything else); both seeded by ``tune.seed`` (default: ``seed``)."""
+    seed = cfg.seed if cfg.tune.seed is None else cfg.tune.seed
+    if cfg.tune.search_alg == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise RaydrError("tune.search_alg=optuna needs `pip install optuna`") from None
+        return OptunaSearch(metric=metric, mode=cfg.tune.mode, seed=seed)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)
 
 
 def total_training_steps(cfg: RaydrConfig) -> int:

@@ -80,6 +80,14 @@ def parse_space(cfg: RaydrConfig) -> dict[str, Any]:
             except ValidationError as exc:
                 msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
                 raise RaydrError(f"{where}: value {value!r} is not valid: {msg}") from None
+    if cfg.tune.search_alg == "grid":
+        sampled = [k for k, spec in cfg.tune.space.items() if next(iter(spec)) != "grid"]
+        if sampled:
+            raise RaydrError(
+                f"tune.search_alg=grid runs a grid, but tune.space.{sampled[0]} is sampled "
+                f"({next(iter(cfg.tune.space[sampled[0]]))}); make it a grid or use "
+                f"search_alg=random"
+            )
     return domains
 
 

@@ -75,6 +75,10 @@ def test_bad_search_input_is_refused_before_any_trial(
             r"training\.temperature: value -1 is not valid: Input should be greater than 0",
         ),
         ({"space": {"training.lr": {"normal": [0, 1]}}}, r"expected one of \{choice, grid"),
+        (
+            {"search_alg": "grid", "space": {"training.lr": {"choice": [1e-3, 1e-4]}}},
+            r"search_alg=grid runs a grid, but tune\.space\.training\.lr is sampled \(choice\)",
+        ),
     ]
     for tune_part, pattern in cases:
         cfg = config.build({**tree, "tune": {**tree["tune"], **tune_part}}, "t")
