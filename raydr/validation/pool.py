@@ -115,6 +115,12 @@ class ValidationPool:
                 str(cause) if isinstance(cause, RaydrError) else f"{type(cause).__name__}: {cause}"
             )
             self._record_failure(trial, step, path, reason)
+        except Exception as exc:  # e.g. an OSError appending the done row: never stay pending
+            log.exception("validation of %s step %d failed outside the validator", trial, step)
+            try:
+                self._record_failure(trial, step, path, f"{type(exc).__name__}: {exc}")
+            except Exception:  # the ledger itself is unwritable: a restarted pool redoes it
+                log.exception("cannot record the failure of %s step %d", trial, step)
         finally:
             self._inflight.discard(key)
             self._free.put_nowait(actor)
@@ -149,6 +155,11 @@ class ValidationPool:
         """Checkpoints of ``trial`` taken in but not yet done or failed."""
         await self._start()
         return sum(1 for r in self.ledger.pending() if r["trial"] == trial)
+
+    async def owed_checkpoints(self) -> list[tuple[str, int]]:
+        """(trial, step) of every checkpoint taken in and not yet closed."""
+        await self._start()
+        return [(r["trial"], int(r["step"])) for r in self.ledger.pending()]
 
     async def inflight(self) -> list[tuple[str, int]]:
         return sorted(self._inflight)
@@ -185,6 +196,8 @@ def start_pool(cfg: RaydrConfig):
     from raydr.validation.sampling import prepare_subset
 
     check_resources(cfg)
+    ledger = Ledger.for_run(cfg)
+    ledger.rows()  # a damaged ledger fails here, in one line, not later inside the actor
     subset = prepare_subset(cfg)
 
     # The pool writes the ledger to the driver's disk, so it must live on the driver's node.
@@ -195,14 +208,23 @@ def start_pool(cfg: RaydrConfig):
         get_if_exists=True,
         lifetime=None,
         scheduling_strategy=here,
-    ).remote(cfg.model_dump(mode="json"), subset, str(Ledger.for_run(cfg).path))
+    ).remote(cfg.model_dump(mode="json"), subset, str(ledger.path))
 
 
 def wait_idle(pool, timeout_s: float = 3600.0, poll_s: float = 1.0) -> bool:
-    """Block the *driver* (never a trainer) until the pool has nothing queued or running."""
+    """Block the *driver* (never a trainer) until the pool has nothing queued or running.
+
+    Raises RaydrError naming the checkpoints still owed when ``timeout_s`` runs out; the
+    ledger keeps them pending, so a rerun validates them."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if ray.get(pool.idle.remote()):
             return True
         time.sleep(poll_s)
-    return False
+    owed = ray.get(pool.owed_checkpoints.remote())
+    shown = ", ".join(f"{trial} step {step}" for trial, step in owed[:5])
+    raise RaydrError(
+        f"validation did not finish within {timeout_s:g} s; still owed: {shown}"
+        f"{' …' if len(owed) > 5 else ''} ({len(owed)} in all; they stay pending in the ledger "
+        f"and are validated when the run is resumed)"
+    )

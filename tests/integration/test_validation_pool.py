@@ -127,6 +127,22 @@ def test_actor_killed_mid_validation_is_redone_exactly_once(
     ray.kill(pool)
 
 
+def test_a_wait_that_times_out_names_the_checkpoints_still_owed(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.pool import start_pool, wait_idle
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1)
+    ckpt = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 7, cfg)
+    pool = start_pool(cfg)
+    ray.get(pool.submit.remote("t", 7, str(ckpt)))
+    with pytest.raises(RaydrError, match=r"did not finish within 0\.01 s; still owed: t step 7"):
+        wait_idle(pool, timeout_s=0.01, poll_s=0.005)
+    _wait(pool)  # it is still validated: the timeout only stopped the waiting
+    assert [r["step"] for r in ray.get(pool.results.remote("t"))] == [7]
+    ray.kill(pool)
+
+
 def test_unloadable_checkpoint_fails_with_reason_and_pool_keeps_serving(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:

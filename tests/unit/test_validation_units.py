@@ -68,6 +68,17 @@ def test_ledger_state_is_exactly_once_and_tolerates_a_torn_line(tmp_path: Path) 
     assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
+def test_a_corrupt_ledger_line_in_the_middle_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    ledger.append({"trial": "a", "step": 1, "checkpoint": "c1", "status": "pending"})
+    with open(path, "a") as fh:
+        fh.write('{"trial": "a", "st\n')  # damaged, then more rows after it
+    ledger.append({"trial": "a", "step": 2, "checkpoint": "c2", "status": "pending"})
+    with pytest.raises(RaydrError, match=rf"{path}:2: corrupt ledger line"):
+        Ledger(path).rows()
+
+
 def test_watch_ignores_half_written_and_hidden_folders(tmp_path: Path) -> None:
     watcher = Watcher(tmp_path, settle_s=0.3)
     foreign = tmp_path / "checkpoint-500"
