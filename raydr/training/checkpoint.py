@@ -126,9 +126,42 @@ def write(
             "epoch": epoch,
             "epoch_rows": epoch_rows,
             "config": config,
+            # Ray copies a checkpoint into storage file by file, in no set order: a reader there
+            # knows it is complete only when every file listed here is present at its size.
+            "files": _file_sizes(tmp),
         }
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return directory
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    """``{relative path: size}`` of every file under ``root`` except the record itself."""
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != META
+    }
+
+
+def missing_files(directory: str | Path, meta: dict[str, Any]) -> list[str]:
+    """Files the record lists that are absent or not yet at their size (none for checkpoints
+    written before records listed their files)."""
+    directory = Path(directory)
+    wrong = []
+    for name, size in (meta.get("files") or {}).items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != size:
+            wrong.append(name)
+    return wrong
+
+
+def is_complete(folder: str | Path) -> bool:
+    """A raydr checkpoint whose record is readable and whose listed files are all in place."""
+    try:
+        meta = json.loads((Path(folder) / META).read_text())
+    except (OSError, ValueError):
+        return False  # absent, or still being copied
+    return isinstance(meta, dict) and not missing_files(folder, meta)
 
 
 def _write_sentence_transformers_files(root: Path, model, config: dict[str, Any]) -> None:
@@ -190,6 +223,12 @@ def read(directory: str | Path) -> CheckpointInfo:
     for key in ("step", "epoch", "config"):
         if key not in meta:
             raise RaydrError(f"{meta_path}: field {key!r} is missing")
+    wrong = missing_files(directory, meta)
+    if wrong:
+        raise RaydrError(
+            f"{directory}: incomplete checkpoint: {len(wrong)} of the files {META} lists are "
+            f"missing or short (e.g. {wrong[0]}); is it still being copied?"
+        )
     weights = [directory / "model.safetensors", directory / _TOWERS[0] / "model.safetensors"]
     if not any(w.is_file() for w in weights):
         raise RaydrError(f"{directory}: no model.safetensors; the checkpoint is incomplete")
@@ -214,6 +253,10 @@ def export(directory: str | Path, out: str | Path) -> Path:
             if item.name == STATE:
                 continue  # optimizer state is for resuming, not for using the model
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        if (tmp / META).is_file():  # the export's record lists what the export holds
+            meta = json.loads((tmp / META).read_text())
+            meta["files"] = _file_sizes(tmp)
+            (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return Path(out)
 
 

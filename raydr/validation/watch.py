@@ -1,6 +1,7 @@
 """Watch mode: find checkpoints in a folder as they become complete, from any trainer.
 
-raydr checkpoints are complete once they describe themselves (they appear by atomic rename). A
+A raydr checkpoint is complete when every file its record lists is present at its size (it
+appears by atomic rename where raydr writes it, but Ray copies it into storage file by file). A
 Hugging Face folder from another framework may be written in place, so it counts as complete
 only when it has a config and weights and nothing in it changed between two polls at least
 ``settle_s`` apart. Hidden folders (temporary names) are never picked up.
@@ -50,7 +51,9 @@ class Watcher:
             if folder in self._done or not checkpoint.looks_loadable(folder):
                 continue
             if checkpoint.is_raydr(folder):
-                ready.append(folder)
+                # Its record lists every file and size: complete exactly when all are there.
+                if checkpoint.is_complete(folder):
+                    ready.append(folder)
                 continue
             sig = _signature(folder)
             prev = self._seen.get(folder)

@@ -100,3 +100,42 @@ def test_watch_ignores_half_written_and_hidden_folders(tmp_path: Path) -> None:
     ours.mkdir()
     (ours / "raydr.json").write_text("{}")
     assert watcher.poll() == [ours]  # raydr checkpoints appear by rename: ready at once
+
+
+def test_watch_waits_for_every_file_of_a_checkpoint_copied_record_first(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    from raydr.config import ModelConfig
+    from raydr.model.encoder import DualEncoder
+    from raydr.training import checkpoint
+
+    src = checkpoint.write(
+        tmp_path / "src",
+        DualEncoder.from_config(ModelConfig(name=str(tiny_model_dir))),
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        {},
+        step=3,
+        epoch=0,
+    )
+    watched = tmp_path / "storage"
+    dst = watched / checkpoint.dir_name(3)
+    dst.mkdir(parents=True)
+    watcher = Watcher(watched, settle_s=0)
+    # As Ray's storage copy may do it: file by file in place, the record first.
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name != checkpoint.META)
+    for i, path in enumerate(files):
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = path.read_bytes()
+        target.write_bytes(data[: len(data) // 2])  # half a file first
+        assert watcher.poll() == [], f"ready with {path.name} half written"
+        target.write_bytes(data)
+        if i < len(files) - 1:
+            assert watcher.poll() == [], f"ready after {i + 1} of {len(files)} files"
+            with pytest.raises(RaydrError, match="incomplete checkpoint"):
+                checkpoint.read(dst)
+    assert watcher.poll() == [dst]
+    assert checkpoint.read(dst).step == 3
