@@ -101,13 +101,16 @@ def write(
     """Write a complete checkpoint folder atomically; ``model`` is a DualEncoder (unwrapped)."""
     directory = Path(directory)
     with atomic_dir(directory, overwrite=True) as tmp:
+        base = (config.get("model") or {}).get("name")
         if model.shared:
             model.query_tower.save_pretrained(tmp)
+            _store_pooler(tmp, base)
             tokenizer.save_pretrained(tmp)
             _write_sentence_transformers_files(tmp, model, config)
         else:
-            model.query_tower.save_pretrained(tmp / _TOWERS[0])
-            model.passage_tower.save_pretrained(tmp / _TOWERS[1])
+            for tower, name in ((model.query_tower, _TOWERS[0]), (model.passage_tower, _TOWERS[1])):
+                tower.save_pretrained(tmp / name)
+                _store_pooler(tmp / name, base)
             tokenizer.save_pretrained(tmp / _TOWERS[0])
         state = {
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -132,6 +135,50 @@ def write(
         }
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return directory
+
+
+_POOLER = ("pooler.dense.weight", "pooler.dense.bias")
+
+
+def _store_pooler(folder: Path, base: str | None) -> None:
+    """Give a saved BERT-style tower the pooler its config implies.
+
+    raydr trains without the pooler (mean/CLS pooling never uses it, and an unused module breaks
+    DDP), but ``transformers.AutoModel`` and ``sentence-transformers`` build one by default and
+    would report its weights MISSING and "newly initialized", which reads as a broken model.
+    Store the base model's pooler as it was (or, where the base has none, a seeded initial one),
+    so the folder loads with nothing missing. It is never trained and raydr never uses it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "model.safetensors"
+    hf_config = json.loads((folder / "config.json").read_text())
+    if hf_config.get("model_type") not in {"bert", "roberta"} or not weights.is_file():
+        return
+    state = load_file(weights)
+    if all(k in state for k in _POOLER):
+        return
+    hidden = int(hf_config["hidden_size"])
+    pooler: dict[str, torch.Tensor] = {}
+    if base:
+        from raydr.model.encoder import resolve_model_path
+
+        base_weights = Path(resolve_model_path(base)) / "model.safetensors"
+        if base_weights.is_file():
+            with safe_open(str(base_weights), "pt") as fh:
+                names = set(fh.keys())
+                if names.issuperset(_POOLER):
+                    pooler = {k: fh.get_tensor(k) for k in _POOLER}
+    if pooler.get(_POOLER[0]) is None or pooler[_POOLER[0]].shape != (hidden, hidden):
+        generator = torch.Generator().manual_seed(0)
+        std = float(hf_config.get("initializer_range", 0.02))
+        pooler = {
+            _POOLER[0]: torch.randn(hidden, hidden, generator=generator) * std,
+            _POOLER[1]: torch.zeros(hidden),
+        }
+    dtype = next(iter(state.values())).dtype
+    state.update({k: v.to(dtype).contiguous() for k, v in pooler.items()})
+    save_file(state, str(weights), metadata={"format": "pt"})
 
 
 def _file_sizes(root: Path) -> dict[str, int]:

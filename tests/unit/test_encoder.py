@@ -100,3 +100,47 @@ def test_the_packaged_model_missing_is_a_clear_error(monkeypatch: pytest.MonkeyP
         resolve_model_path("all-MiniLM-L6-v2")
     # The hub name is a deliberate choice of the hub: passed on, not an error.
     assert resolve_model_path("sentence-transformers/all-MiniLM-L6-v2").startswith("sentence-")
+
+
+@pytest.mark.parametrize("base", ["tiny", "packaged"])
+def test_saved_checkpoints_load_with_nothing_missing(
+    tiny_model_dir: Path, tmp_path: Path, base: str
+) -> None:
+    """transformers and sentence-transformers build BERT's pooler by default; a checkpoint
+    without its weights loads with a MISSING / newly initialized report that reads as broken."""
+    import logging
+
+    import transformers
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    from raydr.model.encoder import resolve_model_path
+    from raydr.training import checkpoint
+
+    name = str(tiny_model_dir) if base == "tiny" else "all-MiniLM-L6-v2"
+    cfg = ModelConfig(name=name)
+    model = DualEncoder.from_config(cfg)  # loaded without its pooler, as training does
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    path = checkpoint.write(
+        tmp_path / "ckpt", model, tokenizer, {"model": cfg.model_dump()}, step=1, epoch=0
+    )
+    exported = checkpoint.export(path, tmp_path / "export")
+    if base == "packaged":  # the base model's own pooler, untouched
+        ours = load_file(path / "model.safetensors")["pooler.dense.weight"]
+        theirs = load_file(Path(resolve_model_path(name)) / "model.safetensors")
+        assert torch.equal(ours, theirs["pooler.dense.weight"])
+    transformers.logging.set_verbosity_warning()  # raydr's own loader turns reports off
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)  # it does not propagate to root
+    try:
+        for folder in (path, exported):
+            AutoModel.from_pretrained(folder)
+            SentenceTransformer(str(folder), device="cpu")
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    report = "\n".join(records)
+    assert "MISSING" not in report and "UNEXPECTED" not in report, report
+    assert checkpoint.read(exported).step == 1
