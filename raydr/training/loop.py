@@ -99,11 +99,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             step_loss = meter.end_step()
-            if rank == 0 and (step % tcfg.log_every == 0 or step == 1):
+            if rank == 0 and meter.due(step, tcfg.log_every):
                 # Plain print: Ray forwards worker stdout to the driver and the job logs.
                 lr = scheduler.get_last_lr()[0]
                 print(
-                    f"step {step}/{total_steps} epoch {epoch} loss {step_loss:.4f} lr {lr:.2e}",
+                    f"step {step}/{total_steps} epoch {epoch} loss {step_loss:.4f} lr {lr:.2e} "
+                    f"{meter.eta(step - start_step, total_steps - step)}",
                     flush=True,
                 )
             if step % tcfg.checkpoint_every == 0 or step == total_steps:
@@ -190,13 +191,29 @@ class _Meter:
 
     t_start: float = field(default_factory=time.perf_counter)
     t_last: float = field(default_factory=time.perf_counter)
+    t_print: float = 0.0
     pairs: int = 0
     micro_loss: float = 0.0
     step_loss: float = 0.0
+    every_s: float = 30.0  # a progress line at least this often, whatever log_every says
 
     def add(self, loss: float, pairs: int) -> None:
         self.micro_loss += loss  # each micro-batch loss is already divided by grad_accum
         self.pairs += pairs
+
+    def due(self, step: int, log_every: int) -> bool:
+        """Print now: every ``log_every`` steps, the first, or after ``every_s`` of silence."""
+        now = time.perf_counter()
+        if step == 1 or step % log_every == 0 or now - self.t_print >= self.every_s:
+            self.t_print = now
+            return True
+        return False
+
+    def eta(self, done: int, left: int) -> str:
+        """'8.1 s/step, 6 min 5 s left' from the steps this run has taken so far."""
+        per_step = (time.perf_counter() - self.t_start) / max(1, done)
+        minutes, seconds = divmod(round(per_step * left), 60)
+        return f"({per_step:.1f} s/step, {minutes} min {seconds} s left)"
 
     def end_step(self) -> float:
         self.step_loss, self.micro_loss = self.micro_loss, 0.0
