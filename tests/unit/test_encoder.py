@@ -44,9 +44,27 @@ def test_bf16_close_to_fp32(tiny_model_dir: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = DualEncoder.from_config(ModelConfig(name=str(tiny_model_dir))).eval()
     ids = tokenize(tok, TEXTS, max_length=16)
+    seen: list[torch.dtype] = []  # the dtype the matmuls really ran in
+    first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first_linear.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     a = encode(model.encode_passages, ids, pad_id=0, dtype=torch.float32)
+    assert set(seen) == {torch.float32}
+    seen.clear()
     b = encode(model.encode_passages, ids, pad_id=0, dtype=torch.bfloat16)
+    assert set(seen) == {torch.bfloat16}, "bf16 was asked for but the model ran in fp32"
+    assert a.dtype == b.dtype == np.float32  # embeddings come back in fp32 either way
+    assert not np.array_equal(a, b)
     assert np.min(np.sum(a * b, axis=1)) > 0.99
+    # The validators' path: bf16 weights, not autocast (resolve_dtype picks, DenseRetriever casts).
+    from raydr.config import RaydrConfig
+    from raydr.retrieval.dense import DenseRetriever
+
+    cfg = RaydrConfig.model_validate(
+        {"model": {"name": str(tiny_model_dir), "dtype": "bf16"}, "data": {"path": "x"}}
+    )
+    retriever = DenseRetriever(DualEncoder.from_config(cfg.model), tok, cfg)
+    assert retriever.dtype == torch.bfloat16
+    assert {p.dtype for p in retriever.model.parameters()} == {torch.bfloat16}
 
 
 def test_batches_sort_longest_first() -> None:
