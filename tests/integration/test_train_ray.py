@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,7 @@ def test_rerun_resumes_from_the_latest_checkpoint(
     # Same storage_path and name, more epochs: Ray restores the run and the loop continues at 2.
     again, _ = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=3))
     assert again.metrics["step"] == 3
+    assert again.metrics["resumed_from_step"] == 2, "the rerun started from scratch"
     from raydr.training import checkpoint
 
     steps = sorted(checkpoint.read(c.path).step for c, _ in again.best_checkpoints)
@@ -131,39 +133,40 @@ def test_bad_training_input_is_refused_before_workers_start(
         check_group_size(rows, 9, str(negatives))
 
 
-def _kill_rank1_after_first_checkpoint(loop_config: dict) -> None:
-    """Our loop, but rank 1 SIGKILLs its own process once a checkpoint is committed (once)."""
-    import json
-    import os
-    import signal
-    import threading
-    import time
+@dataclass
+class _KillAfterCommit:
+    """A checkpoint hook (rank 0) that SIGKILLs its own worker once Ray's controller has
+    committed the checkpoint of ``step``, before any later one can be: the restart must resume
+    from exactly that step."""
 
-    import ray.train
+    step: int
+    marker: str
 
-    from raydr.training.loop import train_loop_per_worker
+    def on_checkpoint(self, step: int, uri: str) -> None:
+        import os
+        import signal
+        import time
 
-    ctx = loop_config["ctx"]
-    run_dir = Path(ctx.storage) / ctx.config["name"]
-    marker = run_dir.parent / "killed-once"
-    if ray.train.get_context().get_world_rank() == 1 and not marker.exists():
+        from raydr.training import checkpoint
 
-        def watch() -> None:
-            # Kill once Ray's controller has committed a checkpoint (its snapshot names one):
-            # the restart must resume from that one, not from step 0.
-            snapshot = run_dir / "checkpoint_manager_snapshot.json"
-            while True:
-                try:
-                    if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
-                        break
-                except (OSError, ValueError):
-                    pass
-                time.sleep(0.05)
-            marker.write_text("killed")
-            os.kill(os.getpid(), signal.SIGKILL)
+        if step != self.step or Path(self.marker).exists():
+            return
+        snapshot = Path(uri).parent / "checkpoint_manager_snapshot.json"
+        want = checkpoint.dir_name(step)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+                if latest and latest["checkpoint_dir_name"] == want:
+                    break
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(0.05)
+        Path(self.marker).write_text(want)
+        os.kill(os.getpid(), signal.SIGKILL)
 
-        threading.Thread(target=watch, daemon=True).start()
-    train_loop_per_worker(loop_config)
+    def validated(self, step: int) -> dict:
+        return {}
 
 
 def test_killed_worker_resumes_from_checkpoint(
@@ -175,16 +178,21 @@ def test_killed_worker_resumes_from_checkpoint(
     from raydr.training.trainer import build_trainer
 
     cloudpickle.register_pickle_by_value(__import__(__name__))
-    # Enough steps that the kill at step 2 lands mid-run (tiny steps take milliseconds).
-    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=30, max_failures=2)
-    result = build_trainer(cfg, loop=_kill_rank1_after_first_checkpoint).fit()
-    assert (tmp_path / "storage" / "killed-once").exists(), "the worker was never killed"
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=6, max_failures=2)
+    marker = tmp_path / "killed-once"
+    result = build_trainer(cfg, hook=_KillAfterCommit(2, str(marker))).fit()
+    assert marker.exists(), "the worker was never killed"
     assert result.error is None
-    assert result.metrics["step"] == 30
-    assert result.metrics["resumed_from_step"] >= 1  # restarted from a checkpoint, not from 0
+    assert result.metrics["step"] == 6
+    # Restarted from the last checkpoint committed before the kill: not 0, not a later one.
+    assert result.metrics["resumed_from_step"] == 2
     folders = [f for f in (tmp_path / "storage" / cfg.name).iterdir() if checkpoint.is_raydr(f)]
-    steps = sorted(checkpoint.read(f).step for f in folders)  # every one complete and readable
-    assert max(steps) == 30 and len(steps) == len(set(steps))
+    steps = sorted(checkpoint.read(f).step for f in folders)
+    assert steps == [1, 2, 3, 4, 5, 6]
+    for folder in folders:  # every one loads: weights, tokenizer and the state to resume from
+        checkpoint.load(folder, cfg.model)
+        state = checkpoint.load_training_state(folder)
+        assert state["optimizer"] is not None and state["scheduler"] is not None
 
 
 def test_corrupted_checkpoint_is_refused_on_resume(
