@@ -63,7 +63,7 @@ def _scheduler(cfg: RaydrConfig, metric: str, total_steps: int):
     )
 
 
-def _search_alg(cfg: RaydrConfig, metric: str):
+def _search_alg(cfg: RaydrConfig, metric: str, max_concurrent: int):
     """``random`` samples each distribution (grids expanded); ``grid`` runs exactly the grid
     (``parse_space`` refuses anything else); both seeded by ``tune.seed`` (default: ``seed``)."""
     seed = cfg.seed if cfg.tune.seed is None else cfg.tune.seed
@@ -75,7 +75,9 @@ def _search_alg(cfg: RaydrConfig, metric: str):
         return OptunaSearch(metric=metric, mode=cfg.tune.mode, seed=seed)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    # A generator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it, so it
+    # carries the limit itself.
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def total_training_steps(cfg: RaydrConfig) -> int:
@@ -140,9 +142,9 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
             param_space=space,
             tune_config=tune.TuneConfig(
                 num_samples=samples,
-                max_concurrent_trials=max_conc,
+                max_concurrent_trials=max_conc if cfg.tune.search_alg == "optuna" else None,
                 scheduler=_scheduler(cfg, metric, steps),
-                search_alg=_search_alg(cfg, metric),
+                search_alg=_search_alg(cfg, metric, max_conc),
             ),
             run_config=tune.RunConfig(name=cfg.name, storage_path=paths.tune_storage),
         )

@@ -120,13 +120,29 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
         summary = run_search(cfg)
     finally:
         ray.shutdown()
+    assert [t["error"] for t in summary["trials"]] == [None, None], "a crash is not a stop"
     trials = {t["config"]["training.lr"]: t for t in summary["trials"]}
     good, bad = trials[3e-3], trials[1e-9]
     assert good["stopped_early"] is False and good["best_metric"] is not None
     assert bad["stopped_early"] is True, "ASHA should have stopped the frozen trial"
+    # What Tune received, per trial: (training step, validated step, metric), each equal to
+    # the ledger's row for that validated step.
+    ledger = Ledger.for_run(cfg)
+    done = {(r["trial"], r["step"]): r["metrics"]["nDCG@10"] for r in ledger.results()}
+    received: dict[str, list[tuple]] = {}
+    for trial_dir in (tmp_path / "tune" / "tiny-tune").iterdir():
+        for r in _results(trial_dir) if trial_dir.is_dir() else []:
+            if "validated_step" in r:
+                seen = (r["step"], r["validated_step"], r["nDCG@10"])
+                received.setdefault(r["trial_id"], []).append(seen)
+    assert set(received) == {good["trial"], bad["trial"]}
+    for trial, reports in received.items():
+        for _, validated_step, value in reports:
+            assert value == done[(trial, validated_step)], (trial, validated_step)
+    # The stopped trial's last metric was the one at the rung (grace period 4) it was cut at.
+    assert received[bad["trial"]][-1][1] == 4
     # It was judged on a validated metric: the ledger holds its checkpoint at the grace step,
     # scoring below the learning trial's at the same step.
-    ledger = Ledger.for_run(cfg)
     at4 = {r["trial"]: r["metrics"]["nDCG@10"] for r in ledger.results() if r["step"] == 4}
     assert at4[bad["trial"]] < at4[good["trial"]]
     # Every checkpoint the stopped trial submitted was validated and recorded (nothing owed).
