@@ -176,6 +176,8 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
         assert _finished_trials(exp), "the first trial never finished"
         first = _finished_trials(exp)[0]
         rows_before = _progress_rows(first)
+        first_id = _results(first)[0]["trial_id"]
+        dirs_before = {d.name for d in exp.iterdir() if d.is_dir()}
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()  # its in-process Ray shares the process group, so it dies with it
@@ -184,6 +186,11 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
     summary = json.loads((tmp_path / "runs" / "tiny-tune" / "summary.json").read_text())
     assert len(summary["trials"]) == 2 and all(not t["stopped_early"] for t in summary["trials"])
     assert _progress_rows(first) == rows_before, "a finished trial was run again"
+    # The same search resumed, not a new one in the same folder: the same trial ids and folders
+    # (a fresh search would have made two new trials beside the old ones).
+    assert first_id in {t["trial"] for t in summary["trials"]}
+    dirs_after = {d.name for d in exp.iterdir() if d.is_dir()}
+    assert dirs_before <= dirs_after and len(dirs_after) == 2, (dirs_before, dirs_after)
 
 
 def _results(trial_dir: Path) -> list[dict]:
