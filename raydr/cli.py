@@ -307,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if getattr(args, "checkpoints", None):
+        # `validate CONFIG CKPT … key=value`: the checkpoint list takes every word, so hand the
+        # key=value ones (that are not folders) back to the overrides.
+        words = args.checkpoints
+        args.checkpoints = [w for w in words if "=" not in str(w) or w.exists()]
+        args.overrides = [*args.overrides, *(str(w) for w in words if w not in args.checkpoints)]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

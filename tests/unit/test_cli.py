@@ -59,3 +59,16 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, tiny_beir: Path, capsy
     assert "missing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", str(job), "--bogus"])
+
+
+def test_validate_takes_overrides_after_the_checkpoints(tmp_path: Path, capsys) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("data:\n  path: nowhere\n")
+    ckpt = tmp_path / "ckpt"
+    # The override must reach the config (its error names it), not be taken for a folder.
+    assert main(["validate", str(job), str(tmp_path / "missing"), "model.poolng=cls"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'pooling'" in err and "checkpoint folder not found" not in err
+    ckpt.mkdir()
+    assert main(["validate", str(job), str(ckpt), "validation.num_actors=0"]) == 2
+    assert "validation.num_actors" in capsys.readouterr().err
