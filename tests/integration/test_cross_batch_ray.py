@@ -9,6 +9,7 @@ One `fit()` runs every scenario (Train's worker group costs ~25 s to start and s
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -27,32 +28,25 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 pytestmark = pytest.mark.ray
 
 WORKERS, B, G = 2, 3, 3  # G = positive + 2 hard negatives
+ACCUM = 2  # micro-batches per step in the accumulation test
 TOL = 1e-5
 
 
-class _Pair(nn.Module):
-    """One forward for both sides, so DDP sees (and syncs) every use of the weights."""
-
-    def __init__(self, encoder: DualEncoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ q (B, D), p (B*G, D)."""
-        q = self.encoder.encode_queries(batch["q_ids"], batch["q_mask"])
-        p = self.encoder.encode_passages(batch["p_ids"], batch["p_mask"])
-        return q, p
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The call the training loop makes: ``DualEncoder.forward``, both sides at once, so DDP
+    sees (and syncs) every use of the weights. → q (B, D), p (B*G, D)."""
+    return model(batch["q_ids"], batch["q_mask"], batch["p_ids"], batch["p_mask"])
 
 
-def _model(model_dir: str) -> _Pair:
+def _model(model_dir: str) -> DualEncoder:
     torch.manual_seed(0)  # loading is deterministic already; the seed guards any fresh init
     # eval(): no dropout (the tiny BERT keeps the default 0.1), so runs are comparable exactly.
-    return _Pair(DualEncoder.from_config(ModelConfig(name=model_dir))).float().eval()
+    return DualEncoder.from_config(ModelConfig(name=model_dir)).float().eval()
 
 
-def _batch(vocab_size: int, n_queries: int) -> dict[str, torch.Tensor]:
+def _batch(vocab_size: int, n_queries: int, seed: int = 1234) -> dict[str, torch.Tensor]:
     """Token ids + masks: q (n, 6), p (n*G, 10), right-padded to random lengths."""
-    gen = torch.Generator().manual_seed(1234)
+    gen = torch.Generator().manual_seed(seed)
 
     def texts(n: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.randint(5, vocab_size, (n, length), generator=gen)  # 0-4: special tokens
@@ -73,13 +67,22 @@ def _rows(batch: dict[str, torch.Tensor], first: int, count: int) -> dict[str, t
     return {k: v[q] if k.startswith("q") else v[p] for k, v in batch.items()}
 
 
-def _loss_and_grads(model: nn.Module, batch: dict, cross_batch: bool) -> dict:
+def _loss_and_grads(model: nn.Module, batches: list[dict], cross_batch: bool) -> dict:
+    """Gradient accumulation as the loop does it: each micro-batch's loss / len(batches),
+    DDP's all-reduce skipped (no_sync) on all but the last. → mean loss, summed grads."""
     model.zero_grad(set_to_none=True)
-    loss = InfoNCELoss(temperature=0.05, cross_batch=cross_batch)(*model(batch))
-    loss.backward()
+    loss_fn = InfoNCELoss(temperature=0.05, cross_batch=cross_batch)
+    total = 0.0
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        no_sync = model.no_sync() if hasattr(model, "no_sync") and not last else nullcontext()
+        with no_sync:
+            loss = loss_fn(*_forward(model, batch)) / len(batches)
+            loss.backward()
+        total += loss.item()
     inner = model.module if hasattr(model, "module") else model  # DDP or not
     grads = {n: p.grad.detach().clone() for n, p in inner.named_parameters()}
-    return {"loss": loss.item(), "grads": grads}
+    return {"loss": total, "grads": grads}
 
 
 def _worker_loop(config: dict) -> None:
@@ -89,15 +92,18 @@ def _worker_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     model = ray.train.torch.prepare_model(_model(config["model_dir"]))  # DDP over gloo
     mine = _rows(config["batch"], rank * B, B)
+    # Two micro-batches: micro m of rank r holds rows (m * WORKERS + r) * B onwards.
+    micro = [_rows(config["accum"], (m * WORKERS + rank) * B, B) for m in range(ACCUM)]
     out = {
-        "cross": _loss_and_grads(model, mine, cross_batch=True),
-        "local": _loss_and_grads(model, mine, cross_batch=False),
+        "cross": _loss_and_grads(model, [mine], cross_batch=True),
+        "local": _loss_and_grads(model, [mine], cross_batch=False),
+        "accum": _loss_and_grads(model, micro, cross_batch=True),
     }
     # Unequal batch sizes must fail loudly on every rank, not hang or mis-target.
     uneven = _rows(config["batch"], rank * B, B - rank)
     with torch.no_grad():
         try:
-            InfoNCELoss(cross_batch=True)(*model.module(uneven))
+            InfoNCELoss(cross_batch=True)(*_forward(model.module, uneven))
             out["uneven"] = None
         except ValueError as exc:
             out["uneven"] = str(exc)
@@ -119,18 +125,31 @@ def runs(ray_cluster, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 
     tmp = tmp_path_factory.mktemp("cross-batch")
     model = _model(str(tiny_model_dir))
-    batch = _batch(model.encoder.query_tower.config.vocab_size, WORKERS * B)
+    vocab = model.query_tower.config.vocab_size
+    batch, accum = _batch(vocab, WORKERS * B), _batch(vocab, ACCUM * WORKERS * B, seed=99)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"model_dir": str(tiny_model_dir), "batch": batch, "out": str(tmp)},
+        train_loop_config={
+            "model_dir": str(tiny_model_dir),
+            "batch": batch,
+            "accum": accum,
+            "out": str(tmp),
+        },
         scaling_config=ScalingConfig(num_workers=WORKERS, use_gpu=False),
         run_config=RunConfig(storage_path=str(tmp / "ray"), name="cross-batch"),
     )
     trainer.fit()
     workers = [torch.load(tmp / f"rank{r}.pt") for r in range(WORKERS)]
     # One process, whole batch: the gather is the identity, targets i*G over 2B queries.
-    single = _loss_and_grads(model, batch, cross_batch=True)
-    return {"workers": workers, "single": single}
+    single = _loss_and_grads(model, [batch], cross_batch=True)
+    # Accumulation: micro-batch m of the whole group is rows [m*W*B, (m+1)*W*B).
+    micro = [_rows(accum, m * WORKERS * B, WORKERS * B) for m in range(ACCUM)]
+    return {
+        "workers": workers,
+        "single": single,
+        "single_accum": _loss_and_grads(model, micro, cross_batch=True),
+        "one_big_batch": _loss_and_grads(model, [accum], cross_batch=True),
+    }
 
 
 def _max_grad_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -163,3 +182,20 @@ def test_uneven_batches_fail_on_every_worker(runs: dict) -> None:
     for w in runs["workers"]:
         assert w["uneven"] is not None
         assert "rank 0: B=3 G=3, rank 1: B=2 G=3" in w["uneven"]
+
+
+def test_grad_accum_is_a_mean_over_cross_batch_micro_batches_not_one_big_batch(runs: dict) -> None:
+    """With grad_accum=k, each micro-batch gathers the W*B queries' passages of that
+    micro-batch only: the step is the mean of k cross-batch losses, each over W*B*G passages,
+    NOT one loss over all k*W*B queries (whose negatives would be k times as many). What holds,
+    and is tested: the accumulated gradients on every rank equal one process taking the same k
+    micro-batches of W*B queries in turn."""
+    ref, big = runs["single_accum"], runs["one_big_batch"]
+    for rank, w in enumerate(runs["workers"]):
+        accum = w["accum"]
+        diff = _max_grad_diff(accum["grads"], ref["grads"])
+        assert diff <= TOL, f"rank {rank}: accumulated gradients differ by {diff:.2e}"
+        assert _max_grad_diff(accum["grads"], big["grads"]) > 100 * TOL  # not one big batch
+    mean_loss = sum(w["accum"]["loss"] for w in runs["workers"]) / WORKERS
+    assert mean_loss == pytest.approx(ref["loss"], abs=TOL)
+    assert big["loss"] > ref["loss"] + 1e-3  # k times the negatives: a harder task
