@@ -134,6 +134,8 @@ def _cmd_validate(args: argparse.Namespace) -> None:
             pass
     wait_idle(pool)
     rows = ray.get(pool.results.remote(trial))
+    ray.get(pool.close.remote())  # stop its dispatcher, so it exits without noise
+    ray.kill(pool)
     metric = cfg.eval.primary_metric
     for row in rows:
         print(f"step {row['step']:>7}  {metric} {row['metrics'][metric]:.4f}  {row['checkpoint']}")
