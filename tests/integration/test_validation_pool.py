@@ -151,15 +151,21 @@ def test_unloadable_checkpoint_fails_with_reason_and_pool_keeps_serving(
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir)
     bad = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 1, cfg)
-    (bad / "model.safetensors").write_bytes(b"truncated")
+    weights = bad / "model.safetensors"
+    weights.write_bytes(b"\0" * weights.stat().st_size)  # damaged, at its listed size
+    short = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 3, cfg)
+    (short / "model.safetensors").write_bytes(b"truncated")
     good = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 2, cfg)
     pool = start_pool(cfg)
-    ray.get(pool.submit.remote("t", 1, str(bad)))
-    ray.get(pool.submit.remote("t", 2, str(good)))
+    for step, ckpt in ((1, bad), (3, short), (2, good)):
+        ray.get(pool.submit.remote("t", step, str(ckpt)))
     _wait(pool)
     state = Ledger.for_run(cfg).state()
     assert state[("t", 1)]["status"] == "failed"
     assert "cannot load" in state[("t", 1)]["error"] and str(bad) in state[("t", 1)]["error"]
+    assert state[("t", 3)]["status"] == "failed"
+    assert "incomplete checkpoint" in state[("t", 3)]["error"]
+    assert "model.safetensors" in state[("t", 3)]["error"]
     assert state[("t", 2)]["status"] == "done"
     ray.kill(pool)
 
