@@ -139,8 +139,12 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
     for trial, reports in received.items():
         for _, validated_step, value in reports:
             assert value == done[(trial, validated_step)], (trial, validated_step)
-    # The stopped trial's last metric was the one at the rung (grace period 4) it was cut at.
-    assert received[bad["trial"]][-1][1] == 4
+    # The stopped trial's last metric is one at an ASHA rung (grace 4, factor 2: steps 4, 8, 16
+    # of 20), below the learning trial's there. Which rung depends on how far validation lags
+    # on a busy machine: a report carries the newest validated step, which may skip 4.
+    last = received[bad["trial"]][-1][1]
+    assert last in {4, 8, 16}, received[bad["trial"]]
+    assert done[(bad["trial"], last)] < done[(good["trial"], last)]
     # It was judged on a validated metric: the ledger holds its checkpoint at the grace step,
     # scoring below the learning trial's at the same step.
     at4 = {r["trial"]: r["metrics"]["nDCG@10"] for r in ledger.results() if r["step"] == 4}
