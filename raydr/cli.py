@@ -15,11 +15,21 @@ from raydr.errors import RaydrError
 
 def _cmd_import_beir(args: argparse.Namespace) -> None:
     from raydr.data.beir import import_beir
+    from raydr.data.fetch import KNOWN, fetch_beir
 
     if args.dev_queries < 1:
         raise RaydrError(f"--dev-queries {args.dev_queries}: expected a positive count")
+    src = Path(args.src)
+    if not src.exists() and (args.src in KNOWN or args.md5):
+        # A BEIR dataset name, not a folder: download it (cached, md5 checked) first.
+        src = fetch_beir(args.src, md5=args.md5, progress=not args.quiet)
+    elif not src.exists() and "/" not in args.src:
+        raise RaydrError(
+            f"{args.src}: no such folder, and not a BEIR dataset name raydr knows "
+            f"({', '.join(sorted(KNOWN))}); for another BEIR name pass --md5 of its zip"
+        )
     report = import_beir(
-        args.src,
+        src,
         args.out,
         overwrite=args.overwrite,
         strict=args.strict,
@@ -194,14 +204,30 @@ def _cmd_bench_encode(args: argparse.Namespace) -> None:
     bench_main(args)
 
 
+class _UsageError(Exception):
+    """A bad command line, raised instead of argparse's usage dump and exit."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints the whole usage block before its error; raise instead, so a bad command
+    line ends like every other user error: one line, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raydr", description=__doc__)
+    parser = _Parser(prog="raydr", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = verbs.add_parser("import-beir", help="BEIR jsonl/tsv folder → Parquet tables")
+    p = verbs.add_parser(
+        "import-beir", help="BEIR jsonl/tsv folder (or a BEIR dataset name) → Parquet tables"
+    )
     p.add_argument(
-        "src", type=Path, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/)"
+        "src",
+        help="BEIR folder (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/), or a BEIR dataset "
+        "name (e.g. scifact) to download from BEIR's site into $RAYDR_CACHE (~/.cache/raydr)",
     )
     p.add_argument("out", type=Path, help="output folder (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -213,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dev-queries", type=int, default=100, help="queries carved into dev")
     p.add_argument("--dev-seed", type=int, default=0, help="seed of the carving")
+    p.add_argument("--md5", help="checksum of SRC's zip, for a BEIR name raydr does not list")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_import_beir)
 
     for name, func, text in [
@@ -228,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = verbs.add_parser(name, help=text)
         p.add_argument("config", type=Path, help="job YAML (see jobs/)")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        p.add_argument(
+            "overrides", nargs="*", default=[], metavar="key=value", help="config overrides"
+        )
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         if name == "evaluate":
             p.add_argument("--model", help="model folder to score instead of model.name")
@@ -300,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parse(argv)
+    except _UsageError as err:
+        print(f"raydr: error: {err}", file=sys.stderr)
+        return 2
+    return _run(args)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     # argparse cannot take positional overrides after an option (`CONFIG -q k=v`), so collect
     # leftover key=value words by hand; anything else is still an error.
@@ -315,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         words = args.checkpoints
         args.checkpoints = [w for w in words if "=" not in str(w) or w.exists()]
         args.overrides = [*args.overrides, *(str(w) for w in words if w not in args.checkpoints)]
+    return args
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -324,12 +367,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except RaydrError as err:
-        print(f"raydr: error: {err}", file=sys.stderr)
+        _stop_ray()
+        # Messages are meant to be one line; keep it so even when a library's text is not.
+        print(f"raydr: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raydr: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: keep the traceback, but in a file
+        if args.verbose:
+            raise
+        _stop_ray()
+        return _crash(exc)
     return 0
+
+
+def _stop_ray() -> None:
+    """Disconnect first, so Ray's forwarded worker logs end before our error line is printed:
+    the line that says what went wrong stays the last thing on the terminal."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def _crash(exc: Exception) -> int:
+    """One line naming the error and a file holding its traceback; exit status 1 (a bug)."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="raydr-crash-", suffix=".log", delete=False
+    ) as log_file:
+        log_file.write(text)
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    print(
+        f"raydr: error: unexpected {what} (a bug: traceback in {log_file.name}; -v prints it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ rank 0 tells ``ctx.hook`` and carries on. Everything between is ordinary PyTorch
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -20,6 +21,8 @@ import torch
 from raydr.config import RaydrConfig
 from raydr.training import checkpoint, plan
 from raydr.training.context import LoopContext
+
+log = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -100,12 +103,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             step += 1
             step_loss = meter.end_step()
             if rank == 0 and meter.due(step, tcfg.log_every):
-                # Plain print: Ray forwards worker stdout to the driver and the job logs.
-                lr = scheduler.get_last_lr()[0]
-                print(
-                    f"step {step}/{total_steps} epoch {epoch} loss {step_loss:.4f} lr {lr:.2e} "
-                    f"{meter.eta(step - start_step, total_steps - step)}",
-                    flush=True,
+                # A log record, not print: Ray Train tees a worker's print to stdout *and* its
+                # logger (stderr), so the driver showed every print twice. Its worker logger
+                # sends a record once to the console (forwarded to the driver) and its log file.
+                log.info(
+                    "step %d/%d epoch %d loss %.4f lr %.2e %s",
+                    step,
+                    total_steps,
+                    epoch,
+                    step_loss,
+                    scheduler.get_last_lr()[0],
+                    meter.eta(step - start_step, total_steps - step),
                 )
             if step % tcfg.checkpoint_every == 0 or step == total_steps:
                 metrics = meter.metrics(step, epoch, scheduler, grad_norm, start_step, world)

@@ -30,6 +30,9 @@ _FILE = "ledger.jsonl"
 VALIDATED_STEP = "validated_step"
 
 
+_REQUIRED = {"trial", "step", "status", "checkpoint"}
+
+
 class Row(TypedDict, total=False):
     """One ledger line. ``trial``, ``step``, ``checkpoint``, ``status`` and ``time`` are always
     there; ``metrics`` (a flat dict from the validator) on done rows, ``error`` on failed ones."""
@@ -131,8 +134,10 @@ class Ledger:
         for number, line in enumerate(lines, start=1):
             try:
                 row = json.loads(line)
-                if not isinstance(row, dict) or not {"trial", "step", "status"} <= row.keys():
-                    raise ValueError("not a ledger row (needs trial, step and status)")
+                if not isinstance(row, dict) or not row.keys() >= _REQUIRED:
+                    raise ValueError(f"not a ledger row (needs {', '.join(sorted(_REQUIRED))})")
+                if row["status"] == "done" and not isinstance(row.get("metrics"), dict):
+                    raise ValueError("a done row needs its metrics")
             except ValueError as exc:
                 if torn and number == len(lines):
                     continue

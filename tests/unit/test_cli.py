@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,18 +48,67 @@ def test_bm25_ranks_the_query_topic_first(tmp_path: Path, tiny_dataset: Path, ca
         assert int(rank) > 8 or doc.startswith(topics[qid])
 
 
-def test_user_errors_exit_2_with_one_line(tmp_path: Path, tiny_beir: Path, capsys) -> None:
+def _one_error_line(capsys) -> str:
+    """What a failing command printed on stderr: exactly one `raydr: error:` line, no trace."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("raydr: error: "), err
+    return err
+
+
+def test_each_class_of_user_error_is_one_line_and_exit_2(
+    tmp_path: Path, tiny_beir: Path, capsys
+) -> None:
     job = _job(tmp_path, tiny_beir)  # a raw BEIR folder, not imported
+    # data
     assert main(["evaluate", str(job), "-q"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("raydr: error:") and "import-beir" in err
-    assert "Traceback" not in err
-    assert main(["evaluate", str(job), "model.poolng=cls"]) == 2
-    assert "did you mean 'pooling'" in capsys.readouterr().err
+    assert "import-beir" in _one_error_line(capsys)
     assert main(["import-beir", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
-    assert "missing" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["evaluate", str(job), "--bogus"])
+    assert "missing" in _one_error_line(capsys)
+    # config
+    assert main(["evaluate", str(job), "model.poolng=cls"]) == 2
+    assert "did you mean 'pooling'" in _one_error_line(capsys)
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    assert main(["evaluate", str(tmp_path / "bad.yaml")]) == 2
+    assert "bad.yaml" in _one_error_line(capsys)
+    # command line: argparse's usage dump and SystemExit become one line and a return value
+    assert main(["evaluate", str(job), "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in _one_error_line(capsys)
+    assert main(["train"]) == 2
+    assert "required: config" in _one_error_line(capsys)
+    assert main(["nope"]) == 2
+    assert "invalid choice: 'nope'" in _one_error_line(capsys)
+    # an unreachable cluster (a port nobody listens on)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    assert main(["validate", str(job), str(ckpt), f"ray.address=127.0.0.1:{port}"]) == 2
+    assert f"ray.address='127.0.0.1:{port}': cannot connect" in _one_error_line(capsys)
+
+
+def test_a_damaged_ledger_row_is_a_user_error_and_a_bug_is_one_line_with_a_log(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    ledger = tmp_path / "validation.jsonl"
+    ledger.write_text('{"trial": "t", "step": 1, "status": "done", "metrics": {"nDCG@10": 1}}\n')
+    assert main(["best", str(ledger)]) == 2
+    assert "validation.jsonl:1: corrupt ledger line" in _one_error_line(capsys)
+    ledger.write_text(
+        '{"trial": "t", "step": 1, "status": "done", "checkpoint": "c", "metrics": {"R@1": 1}}\n'
+    )
+
+    def bug(*args):  # a fault inside raydr itself (no user input can cause it)
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr("raydr.validation.report.best_row", bug)
+    code = main(["best", str(ledger)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "unexpected ZeroDivisionError: boom" in err
+    log = Path(err.split("traceback in ")[1].split(";")[0])
+    assert "Traceback" in log.read_text() and "def bug" not in err
+    log.unlink()
 
 
 def test_validate_takes_overrides_after_the_checkpoints(tmp_path: Path, capsys) -> None:
@@ -72,3 +122,29 @@ def test_validate_takes_overrides_after_the_checkpoints(tmp_path: Path, capsys) 
     ckpt.mkdir()
     assert main(["validate", str(job), str(ckpt), "validation.num_actors=0"]) == 2
     assert "validation.num_actors" in capsys.readouterr().err
+
+
+def test_mine_negatives_writes_unjudged_bm25_neighbours(
+    tmp_path: Path, tiny_dataset: Path, capsys
+) -> None:
+    import pyarrow.parquet as pq
+
+    from raydr.data.tables import load_qrels
+
+    job = _job(tmp_path, tiny_dataset)
+    out = tmp_path / "negatives.parquet"
+    assert main(["mine-negatives", str(job), "--depth", "3"]) == 2  # no training.negatives
+    assert "training.negatives" in _one_error_line(capsys)
+    overrides = ["training.split=test", f"training.negatives={out}"]
+    assert main(["mine-negatives", str(job), "--depth", "3", *overrides]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "out": str(out),
+        "queries": 5,
+        "min_negatives": 3,
+    }
+    qrels = load_qrels(tiny_dataset, "test")
+    topics = {"q0": "bio", "q1": "astro", "q2": "geo", "q3": "code", "q4": "food"}
+    for qid, negatives in zip(*pq.read_table(out).to_pydict().values(), strict=True):
+        assert len(negatives) == 3 and not set(negatives) & set(qrels[qid])
+        # Topics share no words, so BM25's nearest unjudged docs are the query's own topic.
+        assert all(doc.startswith(topics[qid]) for doc in negatives), (qid, negatives)

@@ -1,0 +1,151 @@
+"""The verbs that need Ray, run as a user runs them: ``python -m raydr.cli …`` in a subprocess,
+with its real stdout and stderr (worker lines included, as Ray forwards them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from conftest import tiny_tree
+
+pytestmark = pytest.mark.ray
+
+
+def _raydr(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)  # a fresh local Ray of the job's size, not somebody else's
+    return subprocess.run(
+        [sys.executable, "-m", "raydr.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _job(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training) -> Path:
+    tree = {
+        **tiny_tree("cli-job", tmp_path, dataset, model),
+        "training": {
+            "split": "test",
+            "negatives": str(negatives),
+            "group_size": 2,
+            "batch_size": 2,
+            "epochs": 4,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "num_workers": 2,
+            "max_failures": 0,
+            "storage_path": str(tmp_path / "storage"),
+            **training,
+        },
+        "validation": {"num_actors": 1, "num_cpus": 0, "sampling": {"strategy": "full"}},
+        "ray": {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 1024**2},
+    }
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(tree))
+    return job
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path) -> dict:
+    """One `raydr train` as a user runs it: 4 steps, checkpoints at 2 and 4, pool validation,
+    then the selected checkpoint scored on the full corpus."""
+    tmp = tmp_path_factory.mktemp("cli-train")
+    job = _job(tmp, tiny_dataset, tiny_model_dir, negatives)
+    done = _raydr("train", str(job), "-q", cwd=tmp)
+    return {"job": job, "tmp": tmp, "done": done, "out": done.stdout + done.stderr}
+
+
+def test_train_prints_each_step_once_and_the_selected_checkpoints_test_score(
+    trained: dict,
+) -> None:
+    done, out = trained["done"], trained["out"]
+    assert done.returncode == 0, out[-4000:]
+    # Every progress line once in what the user sees (stdout and stderr together).
+    steps = re.findall(r"step (\d+)/4 epoch \d+ loss [0-9.]+ .*s/step, .* left", out)
+    assert steps == ["1", "2", "3", "4"], out[-4000:]
+    best = re.search(r"best checkpoint by nDCG@10 on test .*: step (\d+) = ([0-9.]+)", done.stdout)
+    assert best, done.stdout
+    table = dict(
+        line.split() for line in done.stdout.splitlines() if re.match(r"^\S+ +[0-9.]+$", line)
+    )
+    assert set(table) == {"nDCG@10", "RR@10", "R@100", "R@1000", "AP"}
+    assert f"[checkpoint selected on test (step {best[1]}) on test, full corpus]" in done.stdout
+    # The printed test score is the one written to metrics.json, of the selected checkpoint.
+    metrics = json.loads((trained["tmp"] / "runs/cli-job/metrics.json").read_text())
+    assert float(table["nDCG@10"]) == pytest.approx(metrics["metrics"]["nDCG@10"], abs=1e-4)
+    assert metrics["model"].endswith(f"checkpoint_step_{int(best[1]):07d}")
+
+
+def test_validate_given_checkpoints_and_watch_mode_agree_with_the_ledger(
+    trained: dict, capsys
+) -> None:
+    from raydr.cli import main
+    from raydr.validation.ledger import Ledger
+
+    assert trained["done"].returncode == 0
+    job, storage = str(trained["job"]), trained["tmp"] / "storage" / "cli-job"
+    ledger = Ledger.find(trained["tmp"] / "runs" / "cli-job")
+    during = {r["step"]: r["metrics"]["nDCG@10"] for r in ledger.results("cli-job")}
+    assert sorted(during) == [2, 4]
+    ckpts = sorted(str(p) for p in storage.glob("checkpoint_step_*"))
+    try:
+        assert main(["validate", job, *ckpts, "--trial", "given"]) == 0
+        printed = re.findall(r"step +(\d+) +nDCG@10 ([0-9.]+)", capsys.readouterr().out)
+        assert {int(s): float(v) for s, v in printed} == pytest.approx(during, abs=1e-4)
+        args = ["--watch", str(storage), "--trial", "watched", "--poll", "0.5", "--timeout", "8"]
+        assert main(["validate", job, *args]) == 0
+        out = capsys.readouterr().out
+        assert sorted(re.findall(r"queued \S+ \(step (\d+)\)", out)) == ["2", "4"]
+    finally:
+        ray.shutdown()  # the CLI started a local Ray in this process
+    for trial in ("given", "watched"):
+        got = {r["step"]: r["metrics"]["nDCG@10"] for r in ledger.results(trial)}
+        assert got == pytest.approx(during, abs=1e-6), trial
+
+
+def test_best_exports_a_model_that_transformers_loads_cleanly(trained: dict, capsys) -> None:
+    from transformers import AutoModel
+
+    from raydr.cli import main
+
+    assert trained["done"].returncode == 0
+    out = trained["tmp"] / "export"
+    assert main(["best", str(trained["tmp"] / "runs" / "cli-job"), "--export", str(out)]) == 0
+    printed = capsys.readouterr().out
+    best = json.loads(printed[: printed.index("exported to")])
+    assert best["trial"] == "cli-job" and best["step"] in (2, 4)
+    model, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing, unexpected or mismatched
+    assert model.config.hidden_size == 32
+
+
+def test_a_failing_worker_ends_in_one_line_naming_its_cause_and_the_full_log(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    job = _job(tmp_path, tiny_dataset, broken, negatives)
+    done = _raydr("train", str(job), "-q", "validation.enabled=false", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-4000:]
+    ours = [line for line in done.stderr.splitlines() if line.startswith("raydr: error:")]
+    assert len(ours) == 1 and done.stderr.rstrip().endswith(ours[0]), done.stderr[-4000:]
+    line = ours[0]
+    assert "training failed: ranks 0,1:" in line and "cannot load model weights" in line, line
+    log = Path(line.split("full log: ")[1])
+    assert log == tmp_path / "runs" / "cli-job" / "train-failure.log"
+    assert "Traceback" in log.read_text() and "broken-model" in log.read_text()
+    # The only traces on the terminal are Ray's forwarded worker logs, never the driver's own.
+    own = [x for x in done.stderr.splitlines() if not re.match(r"(\x1b\[\d+m)?\(", x)]
+    assert not any("Traceback" in x for x in own), "\n".join(own)
