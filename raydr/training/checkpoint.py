@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from raydr.atomic import atomic_dir
@@ -115,11 +113,6 @@ def write(
         state = {
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
             **(extra_state or {}),
         }
         torch.save(state, tmp / STATE)
@@ -308,7 +301,8 @@ def export(directory: str | Path, out: str | Path) -> Path:
 
 
 def load_training_state(directory: str | Path, optimizer=None, scheduler=None) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG state in place; return the whole state dict."""
+    """Restore optimizer and scheduler state in place; return the whole state dict. (No RNG
+    state: the loop reseeds from (seed, rank, step) every step.)"""
     path = Path(directory) / STATE
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -322,11 +316,6 @@ def load_training_state(directory: str | Path, optimizer=None, scheduler=None) -
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
-    rng = state.get("rng") or {}
-    if rng:
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
     return state
 
 

@@ -76,6 +76,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # On resume, skip the rows this epoch already consumed.
         batches = shard(len(rows), epoch, cfg.seed, rank, world, tcfg.batch_size, epoch_rows)
         for i in range(len(batches) // tcfg.grad_accum * tcfg.grad_accum):
+            if i % tcfg.grad_accum == 0:
+                _seed(cfg.seed, rank, step + 1)
             idx = batches[i]
             epoch_rows += world * tcfg.batch_size
             groups = [sample_group(rows[j], int(j), epoch, cfg.seed, tcfg.group_size) for j in idx]
@@ -127,17 +129,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         epoch, epoch_rows = epoch + 1, 0
 
 
-def _seed(seed: int, rank: int) -> None:
-    """Seed Python, numpy and torch (dropout) per rank: same seed, same run. Group sampling and
-    sharding do not use these (they are pure functions of seed, epoch and row); a resume
-    restores the generators' state from the checkpoint instead."""
+def _seed(seed: int, rank: int, step: int = 0) -> None:
+    """Seed Python, numpy and torch (dropout) from (seed, rank, step): same seed, same run.
+
+    Reseeding every step makes dropout a pure function of the step, like sharding and group
+    sampling (functions of seed, epoch and row): a run resumed from a checkpoint, on any rank,
+    draws exactly what the uninterrupted run drew, with no generator state to checkpoint (a
+    checkpoint written by rank 0 could only carry rank 0's)."""
     import random
 
     import numpy as np
 
-    random.seed(seed * 1009 + rank)  # distinct ranks get distinct dropout masks
-    np.random.seed(seed * 1009 + rank)
-    torch.manual_seed(seed * 1009 + rank)
+    key = int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+    random.seed(key)
+    np.random.seed(key)
+    torch.manual_seed(key)
 
 
 def _training_data(cfg: RaydrConfig) -> tuple[list, dict[str, str]]:

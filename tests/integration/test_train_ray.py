@@ -85,21 +85,37 @@ def _embed(path: str, cfg: config.RaydrConfig, texts: list[str]) -> np.ndarray:
     return encode(model.encode_passages, ids, pad_id=tok.pad_token_id, dtype=torch.float32)
 
 
+def _losses(result) -> list[tuple[int, float]]:
+    """(step, rank 0's loss) of every checkpoint the run reported, in step order."""
+    return sorted((m["step"], m["loss"]) for _, m in result.best_checkpoints)
+
+
+# 5 queries, 2 workers x batch 1: 2 steps per epoch, so a resume can land mid-epoch.
+_RESUMABLE = {"batch_size": 1, "epochs": 3, "max_failures": 2}
+
+
+@pytest.fixture(scope="module")
+def reference(local_ray, tmp_path_factory, tiny_dataset, tiny_model_dir, negatives) -> list:
+    """Per-step losses of an uninterrupted run: what a same-seed or resumed run must match."""
+    from raydr.validation.client import train
+
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = _cfg(tmp, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE)
+    result, _ = train(config.build({**cfg.model_dump(mode="json"), "name": "reference"}, "t"))
+    losses = _losses(result)
+    assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]
+    return losses
+
+
 def test_the_same_seed_gives_the_same_loss_at_every_step(
-    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+    reference: list, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     from raydr.validation.client import train
 
-    base = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives).model_dump(mode="json")
-
-    def losses(name: str) -> list[float]:
-        result, _ = train(config.build({**base, "name": name}, "test"))
-        reports = sorted((m["step"], m["loss"]) for _, m in result.best_checkpoints)
-        assert [step for step, _ in reports] == [1, 2, 3]
-        return [loss for _, loss in reports]
-
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE)
+    result, _ = train(config.build({**cfg.model_dump(mode="json"), "name": "again"}, "t"))
     # Dropout draws from torch's generator: without seeding it, the losses differ run to run.
-    assert losses("seeded-a") == losses("seeded-b")
+    assert _losses(result) == reference
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(
@@ -170,7 +186,7 @@ class _KillAfterCommit:
 
 
 def test_killed_worker_resumes_from_checkpoint(
-    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+    reference: list, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     from ray import cloudpickle
 
@@ -178,14 +194,20 @@ def test_killed_worker_resumes_from_checkpoint(
     from raydr.training.trainer import build_trainer
 
     cloudpickle.register_pickle_by_value(__import__(__name__))
-    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=6, max_failures=2)
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE)
     marker = tmp_path / "killed-once"
-    result = build_trainer(cfg, hook=_KillAfterCommit(2, str(marker))).fit()
+    # Killed after step 3: mid-epoch 1, whose first half (2 of its 4 rows) is already consumed.
+    result = build_trainer(cfg, hook=_KillAfterCommit(3, str(marker))).fit()
     assert marker.exists(), "the worker was never killed"
-    assert result.error is None
     assert result.metrics["step"] == 6
     # Restarted from the last checkpoint committed before the kill: not 0, not a later one.
-    assert result.metrics["resumed_from_step"] == 2
+    assert result.metrics["resumed_from_step"] == 3
+    # Every step's loss equals the uninterrupted run's: after the restart the workers take the
+    # epoch's remaining rows (none repeated, none skipped), with the optimizer, schedule and
+    # dropout of the uninterrupted run. A repeated or skipped row changes the loss.
+    got = _losses(result)
+    assert [step for step, _ in got] == [step for step, _ in reference]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in reference], rel=1e-6)
     folders = [f for f in (tmp_path / "storage" / cfg.name).iterdir() if checkpoint.is_raydr(f)]
     steps = sorted(checkpoint.read(f).step for f in folders)
     assert steps == [1, 2, 3, 4, 5, 6]
