@@ -163,7 +163,8 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
     tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
-    tree["tune"]["scheduler"] = {"type": "none"}
+    # One at a time: the learning trial finishes, ASHA stops the frozen one, then a third runs.
+    tree["tune"]["space"] = {"training.lr": {"grid": [3e-3, 1e-9, 1e-3]}}
     job = tmp_path / "tune.yaml"
     job.write_text(yaml.safe_dump(tree))
     cmd = [sys.executable, "-m", "raydr.cli", "tune", str(job)]
@@ -173,14 +174,18 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
     )
     exp = tmp_path / "tune" / "tiny-tune"
     try:
-        deadline = time.time() + 240
-        # Kill the whole driver (and its in-process Ray) once the first trial has finished.
-        while time.time() < deadline and not _finished_trials(exp):
-            time.sleep(1)
-        assert _finished_trials(exp), "the first trial never finished"
-        first = _finished_trials(exp)[0]
-        rows_before = _progress_rows(first)
-        first_id = _results(first)[0]["trial_id"]
+        deadline = time.time() + 300
+        # Kill the whole driver (and its in-process Ray) while the third trial runs: the first
+        # has finished and ASHA has stopped the second.
+        while time.time() < deadline and not _trial_dir(exp, 1e-3).is_dir():
+            time.sleep(0.5)
+        assert _trial_dir(exp, 1e-3).is_dir(), "the third trial never started"
+        time.sleep(2)
+        before = {lr: _results(_trial_dir(exp, lr)) for lr in (3e-3, 1e-9)}
+        # A trial ends on a report marked done: at max_t (step 20) when it ran its course.
+        last = {lr: rows[-1] for lr, rows in before.items()}
+        assert last[3e-3]["done"] and last[3e-3]["validated_step"] == 20, "first did not finish"
+        assert last[1e-9]["done"] and last[1e-9]["validated_step"] < 20, "second was not stopped"
         dirs_before = {d.name for d in exp.iterdir() if d.is_dir()}
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
@@ -188,13 +193,28 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "runs" / "tiny-tune" / "summary.json").read_text())
-    assert len(summary["trials"]) == 2 and all(not t["stopped_early"] for t in summary["trials"])
-    assert _progress_rows(first) == rows_before, "a finished trial was run again"
-    # The same search resumed, not a new one in the same folder: the same trial ids and folders
-    # (a fresh search would have made two new trials beside the old ones).
-    assert first_id in {t["trial"] for t in summary["trials"]}
+    trials = {t["config"]["training.lr"]: t for t in summary["trials"]}
+    assert sorted(trials) == [1e-9, 1e-3, 3e-3] and all(t["error"] is None for t in trials.values())
+    # Finished and stopped trials were not run again: their results are untouched, and the
+    # stopped one is still reported as stopped early.
+    for lr, rows in before.items():
+        assert _results(_trial_dir(exp, lr)) == rows, f"trial lr={lr} was run again"
+    assert trials[1e-9]["stopped_early"] is True and trials[3e-3]["stopped_early"] is False
+    # The same search resumed, not a new one in the same folder: the same trial ids and
+    # folders (a fresh search would have made three new trials beside the old ones).
+    ids_before = {r["trial_id"] for rows in before.values() for r in rows}
+    assert ids_before <= {t["trial"] for t in trials.values()}
     dirs_after = {d.name for d in exp.iterdir() if d.is_dir()}
-    assert dirs_before <= dirs_after and len(dirs_after) == 2, (dirs_before, dirs_after)
+    assert dirs_before == dirs_after and len(dirs_after) == 3, (dirs_before, dirs_after)
+
+
+def _trial_dir(exp: Path, lr: float) -> Path:
+    """The folder of the trial with this learning rate (Tune writes its params.json)."""
+    for d in sorted(exp.iterdir()) if exp.is_dir() else []:
+        params = d / "params.json"
+        if params.is_file() and json.loads(params.read_text()).get("training.lr") == lr:
+            return d
+    return exp / f"no-trial-lr-{lr}"
 
 
 def _results(trial_dir: Path) -> list[dict]:
@@ -206,17 +226,3 @@ def _results(trial_dir: Path) -> list[dict]:
         if path.exists()
         else []
     )
-
-
-def _finished_trials(exp: Path) -> list[Path]:
-    if not exp.is_dir():
-        return []
-    return [
-        d
-        for d in sorted(p for p in exp.iterdir() if p.is_dir())
-        if any(r.get("trial_complete") for r in _results(d))
-    ]
-
-
-def _progress_rows(trial_dir: Path) -> int:
-    return len(_results(trial_dir))
