@@ -118,8 +118,36 @@ class BM25Config(Section):
     stopwords: Literal["en", "none"] = "en"
 
 
+class LossConfig(Section):
+    """The training loss over embeddings (``raydr.losses``)."""
+
+    type: Literal["infonce", "margin"] = Field(
+        "infonce",
+        description="infonce: contrastive cross-entropy (uses training.temperature); margin: "
+        "self-distillation with adaptive relevance margins (Gienapp et al.)",
+    )
+    target: Literal["adaptive", "distributed"] | float = Field(
+        "adaptive", description="margin: adaptive, distributed, or a fixed margin (a number)"
+    )
+    in_batch: bool = Field(False, description="margin: every hard negative of the batch")
+    error: Literal["squared", "absolute", "softplus"] = Field(
+        "squared", description="margin: the error on margin - target"
+    )
+
+    @model_validator(mode="after")
+    def _ruled_out(self) -> LossConfig:
+        if self.type == "margin" and self.target == "distributed" and self.in_batch:
+            raise ValueError(
+                "target 'distributed' cannot be combined with in_batch: true (distributed "
+                "targets already span the batch's negatives; the method rules it out)"
+            )
+        return self
+
+
 class TrainingConfig(Section):
     """Ray Train dual-encoder training with (cross-batch) InfoNCE."""
+
+    loss: LossConfig = Field(default_factory=LossConfig)
 
     split: str = "train"
     negatives: Path | None = Field(None, description="Parquet from `raydr mine-negatives`")
@@ -163,6 +191,11 @@ class TrainingConfig(Section):
     def _elastic_range(self) -> TrainingConfig:
         if isinstance(self.num_workers, tuple) and self.num_workers[0] > self.num_workers[1]:
             raise ValueError(f"num_workers range {self.num_workers} has min > max")
+        if self.loss.type == "margin" and self.group_size < 2:
+            raise ValueError(
+                f"loss.type 'margin' needs a hard negative per query: group_size >= 2 (got "
+                f"{self.group_size}) and training.negatives"
+            )
         return self
 
 
@@ -375,7 +408,7 @@ def build(tree: dict[str, Any], source: str, overridden: set[str] = frozenset())
         return RaydrConfig.model_validate(tree)
     except ValidationError as exc:
         lines = [_describe(e, set(overridden)) for e in exc.errors()]
-        raise RaydrError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+        raise RaydrError(f"{source}: invalid config: " + "; ".join(lines)) from None
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> RaydrConfig:
