@@ -81,6 +81,11 @@ def test_train_prints_each_step_once_and_the_selected_checkpoints_test_score(
     )
     assert set(table) == {"nDCG@10", "RR@10", "R@100", "R@1000", "AP"}
     assert f"[checkpoint selected on test (step {best[1]}) on test, full corpus]" in done.stdout
+    # Every checkpoint was pushed to the pool and validated, the last one too.
+    from raydr.validation.ledger import Ledger
+
+    rows = Ledger.find(trained["tmp"] / "runs" / "cli-job").results("cli-job")
+    assert [(r["step"], Path(r["checkpoint"]).is_dir()) for r in rows] == [(2, True), (4, True)]
     # The printed test score is the one written to metrics.json, of the selected checkpoint.
     metrics = json.loads((trained["tmp"] / "runs/cli-job/metrics.json").read_text())
     assert float(table["nDCG@10"]) == pytest.approx(metrics["metrics"]["nDCG@10"], abs=1e-4)

@@ -47,20 +47,16 @@ def _cfg(
     return config.build(tree, "test")
 
 
-def test_train_two_workers_writes_self_describing_checkpoints(
-    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
-) -> None:
+def test_train_two_workers_writes_self_describing_checkpoints(reference: dict) -> None:
     from raydr.training import checkpoint
-    from raydr.validation.client import train
 
-    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives)
-    result, _ = train(cfg)
+    result, cfg = reference["result"], reference["cfg"]
     assert result.error is None
-    # 5 queries, 2 workers x batch 2 → 1 step per epoch (one query dropped for equal shapes).
-    assert result.metrics["step"] == 3
-    assert result.metrics["negatives_per_query"] == 2 * 2 * 2 - 1
+    # 5 queries, 2 workers x batch 1 → 2 steps per epoch (one query dropped for equal shapes).
+    assert result.metrics["step"] == 6
+    assert result.metrics["negatives_per_query"] == 2 * 1 * 2 - 1
     info = checkpoint.read(result.checkpoint.path)
-    assert (info.step, info.epoch) == (3, 2)
+    assert (info.step, info.epoch) == (6, 2)
     assert info.config["training"]["group_size"] == 2
     # Hugging Face and sentence-transformers load the folder as it is, to the same vectors.
     from sentence_transformers import SentenceTransformer
@@ -95,27 +91,28 @@ _RESUMABLE = {"batch_size": 1, "epochs": 3, "max_failures": 2}
 
 
 @pytest.fixture(scope="module")
-def reference(local_ray, tmp_path_factory, tiny_dataset, tiny_model_dir, negatives) -> list:
+def reference(local_ray, tmp_path_factory, tiny_dataset, tiny_model_dir, negatives) -> dict:
     """Per-step losses of an uninterrupted run: what a same-seed or resumed run must match."""
     from raydr.validation.client import train
 
     tmp = tmp_path_factory.mktemp("reference")
     cfg = _cfg(tmp, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE)
-    result, _ = train(config.build({**cfg.model_dump(mode="json"), "name": "reference"}, "t"))
+    cfg = config.build({**cfg.model_dump(mode="json"), "name": "reference"}, "t")
+    result, _ = train(cfg)
     losses = _losses(result)
     assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]
-    return losses
+    return {"losses": losses, "result": result, "cfg": cfg}
 
 
 def test_the_same_seed_gives_the_same_loss_at_every_step(
-    reference: list, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+    reference: dict, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     from raydr.validation.client import train
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE)
     result, _ = train(config.build({**cfg.model_dump(mode="json"), "name": "again"}, "t"))
     # Dropout draws from torch's generator: without seeding it, the losses differ run to run.
-    assert _losses(result) == reference
+    assert _losses(result) == reference["losses"]
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(
@@ -186,7 +183,7 @@ class _KillAfterCommit:
 
 
 def test_killed_worker_resumes_from_checkpoint(
-    reference: list, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+    reference: dict, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     from ray import cloudpickle
 
@@ -205,9 +202,9 @@ def test_killed_worker_resumes_from_checkpoint(
     # Every step's loss equals the uninterrupted run's: after the restart the workers take the
     # epoch's remaining rows (none repeated, none skipped), with the optimizer, schedule and
     # dropout of the uninterrupted run. A repeated or skipped row changes the loss.
-    got = _losses(result)
-    assert [step for step, _ in got] == [step for step, _ in reference]
-    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in reference], rel=1e-6)
+    got, want = _losses(result), reference["losses"]
+    assert [step for step, _ in got] == [step for step, _ in want]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-6)
     folders = [f for f in (tmp_path / "storage" / cfg.name).iterdir() if checkpoint.is_raydr(f)]
     steps = sorted(checkpoint.read(f).step for f in folders)
     assert steps == [1, 2, 3, 4, 5, 6]
