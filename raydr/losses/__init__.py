@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from raydr.losses.infonce import InfoNCELoss
+from typing import TYPE_CHECKING
 
-__all__ = ["InfoNCELoss"]
+from raydr.losses.infonce import InfoNCELoss
+from raydr.losses.margin import AdaptiveMarginLoss
+
+if TYPE_CHECKING:
+    from raydr.config import TrainingConfig
+
+__all__ = ["AdaptiveMarginLoss", "InfoNCELoss", "build_loss"]
+
+
+def build_loss(tcfg: TrainingConfig) -> InfoNCELoss | AdaptiveMarginLoss:
+    """The loss ``training.loss`` names, with the training section's shared options."""
+    lcfg = tcfg.loss
+    if lcfg.type == "margin":
+        return AdaptiveMarginLoss(lcfg.target, lcfg.in_batch, lcfg.error, tcfg.cross_batch)
+    return InfoNCELoss(tcfg.temperature, tcfg.cross_batch)

@@ -32,7 +32,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from raydr.data.groups import sample_group, shard
     from raydr.dist import pin_cpus
-    from raydr.losses import InfoNCELoss
+    from raydr.losses import build_loss
     from raydr.model.encoder import resolve_dtype
     from raydr.retrieval.encode import autocast
 
@@ -57,7 +57,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     total_steps = plan.remaining_steps(tcfg, len(rows), world, start_step, epoch, epoch_rows)
     ddp_model = ray.train.torch.prepare_model(model)
-    loss_fn = InfoNCELoss(tcfg.temperature, tcfg.cross_batch)
+    loss_fn = build_loss(tcfg)
     optimizer, scheduler = _optimizer(model, tcfg, total_steps)
     if resume is not None:
         with resume.as_directory() as ckpt_dir:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from raydr.config import ModelConfig
-from raydr.losses import InfoNCELoss
+from raydr.losses import AdaptiveMarginLoss, InfoNCELoss
 from raydr.model.encoder import DualEncoder
 
 ray = pytest.importorskip("ray")
@@ -67,11 +67,15 @@ def _rows(batch: dict[str, torch.Tensor], first: int, count: int) -> dict[str, t
     return {k: v[q] if k.startswith("q") else v[p] for k, v in batch.items()}
 
 
-def _loss_and_grads(model: nn.Module, batches: list[dict], cross_batch: bool) -> dict:
+def _loss_and_grads(model: nn.Module, batches: list[dict], cross_batch: bool | nn.Module) -> dict:
     """Gradient accumulation as the loop does it: each micro-batch's loss / len(batches),
     DDP's all-reduce skipped (no_sync) on all but the last. → mean loss, summed grads."""
     model.zero_grad(set_to_none=True)
-    loss_fn = InfoNCELoss(temperature=0.05, cross_batch=cross_batch)
+    loss_fn = (
+        cross_batch
+        if isinstance(cross_batch, nn.Module)
+        else InfoNCELoss(temperature=0.05, cross_batch=cross_batch)
+    )
     total = 0.0
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
@@ -83,6 +87,14 @@ def _loss_and_grads(model: nn.Module, batches: list[dict], cross_batch: bool) ->
     inner = model.module if hasattr(model, "module") else model  # DDP or not
     grads = {n: p.grad.detach().clone() for n, p in inner.named_parameters()}
     return {"loss": total, "grads": grads}
+
+
+# Margin losses that gather every worker's hard negatives (the in-batch variant and distributed
+# targets): across 2 workers they must equal one process with the whole batch, as InfoNCE does.
+_MARGINS = {
+    "margin_in_batch": AdaptiveMarginLoss(in_batch=True, cross_batch=True),
+    "margin_distributed": AdaptiveMarginLoss(target="distributed", error="softplus"),
+}
 
 
 def _worker_loop(config: dict) -> None:
@@ -98,6 +110,7 @@ def _worker_loop(config: dict) -> None:
         "cross": _loss_and_grads(model, [mine], cross_batch=True),
         "local": _loss_and_grads(model, [mine], cross_batch=False),
         "accum": _loss_and_grads(model, micro, cross_batch=True),
+        **{name: _loss_and_grads(model, [mine], loss) for name, loss in _MARGINS.items()},
     }
     # Unequal batch sizes must fail loudly on every rank, not hang or mis-target.
     uneven = _rows(config["batch"], rank * B, B - rank)
@@ -149,6 +162,7 @@ def runs(ray_cluster, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
         "single": single,
         "single_accum": _loss_and_grads(model, micro, cross_batch=True),
         "one_big_batch": _loss_and_grads(model, [accum], cross_batch=True),
+        **{name: _loss_and_grads(model, [batch], loss) for name, loss in _MARGINS.items()},
     }
 
 
@@ -199,3 +213,12 @@ def test_grad_accum_is_a_mean_over_cross_batch_micro_batches_not_one_big_batch(r
     mean_loss = sum(w["accum"]["loss"] for w in runs["workers"]) / WORKERS
     assert mean_loss == pytest.approx(ref["loss"], abs=TOL)
     assert big["loss"] > ref["loss"] + 1e-3  # k times the negatives: a harder task
+
+
+@pytest.mark.parametrize("name", sorted(_MARGINS))
+def test_margin_losses_across_two_workers_equal_one_process(runs: dict, name: str) -> None:
+    single, workers = runs[name], [w[name] for w in runs["workers"]]
+    assert sum(w["loss"] for w in workers) / WORKERS == pytest.approx(single["loss"], abs=TOL)
+    for rank, w in enumerate(workers):
+        diff = _max_grad_diff(w["grads"], single["grads"])
+        assert diff <= TOL, f"{name} rank {rank}: gradients differ by {diff:.2e}"

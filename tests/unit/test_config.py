@@ -127,3 +127,25 @@ def test_shipped_training_jobs_select_on_dev_and_report_on_test() -> None:
             continue  # evaluation-only jobs
         assert cfg.validation.split == "dev" != cfg.training.split, job.name
         assert cfg.data.split == "test", job.name
+
+
+def test_loss_choice_and_the_combinations_it_refuses(tmp_path: Path) -> None:
+    from raydr.losses import AdaptiveMarginLoss, InfoNCELoss, build_loss
+
+    path = _write(tmp_path, "data:\n  path: d\ntraining:\n  group_size: 2\n")
+    assert isinstance(build_loss(config.load(path).training), InfoNCELoss)  # the default
+    margin = ["training.loss.type=margin", "training.loss.error=softplus"]
+    loss = build_loss(config.load(path, [*margin, "training.loss.target=0.4"]).training)
+    assert isinstance(loss, AdaptiveMarginLoss) and (loss.target, loss.error) == (0.4, "softplus")
+    cases = {
+        "training.loss.error=cubic": r"training\.loss\.error: Input should be 'squared', "
+        r"'absolute' or 'softplus'",
+        "training.loss.target=teacher": r"training\.loss\.target",
+        "training.loss.in_batch=true": r"target 'distributed' cannot be combined with in_batch",
+        "training.group_size=1": r"loss\.type 'margin' needs a hard negative per query: "
+        r"group_size >= 2 \(got 1\)",
+    }
+    for override, match in cases.items():
+        extra = ["training.loss.target=distributed"] if "in_batch" in override else []
+        with pytest.raises(RaydrError, match=match):
+            config.load(path, [*margin, *extra, override])
