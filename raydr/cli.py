@@ -326,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = benches.add_parser("train-step", help="step time: cross-batch gather vs in-batch only")
     step_args(p)
     p.set_defaults(func=step_main)
+
+    from raydr.bench.losses import add_arguments as losses_args
+    from raydr.bench.losses import main as losses_main
+
+    p = benches.add_parser(
+        "losses", help="training recipes (negatives, losses) at one budget, selected on dev"
+    )
+    losses_args(p)
+    p.set_defaults(func=losses_main)
     return parser
 
 

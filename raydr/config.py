@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -144,10 +145,25 @@ class LossConfig(Section):
         return self
 
 
+class MemoryBankConfig(Section):
+    """Cross-batch memory (Wang et al. 2021): recent passage embeddings as extra negatives."""
+
+    size: NonNegativeInt = Field(0, description="passages kept (all workers'); 0 turns it off")
+    warmup_steps: NonNegativeInt = Field(
+        0, description="steps before the bank joins the loss (embeddings drift fastest early)"
+    )
+    hold_negatives: bool = Field(
+        False,
+        description="elastic runs: top the bank up when workers are lost, so negatives per "
+        "query stay what they are at the most workers",
+    )
+
+
 class TrainingConfig(Section):
     """Ray Train dual-encoder training with (cross-batch) InfoNCE."""
 
     loss: LossConfig = Field(default_factory=LossConfig)
+    memory_bank: MemoryBankConfig = Field(default_factory=MemoryBankConfig)
 
     split: str = "train"
     negatives: Path | None = Field(None, description="Parquet from `raydr mine-negatives`")
@@ -191,6 +207,11 @@ class TrainingConfig(Section):
     def _elastic_range(self) -> TrainingConfig:
         if isinstance(self.num_workers, tuple) and self.num_workers[0] > self.num_workers[1]:
             raise ValueError(f"num_workers range {self.num_workers} has min > max")
+        if self.loss.type == "margin" and self.memory_bank.size:
+            raise ValueError(
+                "memory_bank.size > 0 needs loss.type 'infonce': the margin loss has no "
+                "denominator for banked negatives to join"
+            )
         if self.loss.type == "margin" and self.group_size < 2:
             raise ValueError(
                 f"loss.type 'margin' needs a hard negative per query: group_size >= 2 (got "

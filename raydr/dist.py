@@ -49,6 +49,16 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (N, ...) from every rank along dim 0, in rank order, without autograd:
+    ids, and embeddings kept as constants. ``x`` itself when not distributed."""
+    if get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
 def all_gather_sizes(sizes: tuple[int, ...], device: torch.device) -> list[tuple[int, ...]]:
     """Every rank's ``sizes``, in rank order; ``[sizes]`` when not distributed.
 

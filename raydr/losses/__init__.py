@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from raydr.losses.bank import MemoryBank
 from raydr.losses.infonce import InfoNCELoss
 from raydr.losses.margin import AdaptiveMarginLoss
 
 if TYPE_CHECKING:
     from raydr.config import TrainingConfig
 
-__all__ = ["AdaptiveMarginLoss", "InfoNCELoss", "build_loss"]
+__all__ = ["AdaptiveMarginLoss", "InfoNCELoss", "MemoryBank", "build_loss"]
 
 
 def build_loss(tcfg: TrainingConfig) -> InfoNCELoss | AdaptiveMarginLoss:

@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydr.dist import all_gather_sizes, all_gather_with_grad, get_rank, get_world_size
+from raydr.dist import (
+    all_gather_no_grad,
+    all_gather_sizes,
+    all_gather_with_grad,
+    get_rank,
+    get_world_size,
+)
+from raydr.losses.bank import MemoryBank
 
 
 class InfoNCELoss(nn.Module):
@@ -37,27 +44,53 @@ class InfoNCELoss(nn.Module):
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, cross_batch={self.cross_batch}"
 
-    def negatives_per_query(self, batch_size: int, group_size: int, world_size: int) -> int:
-        """Scored negatives per query: W*B*G - 1 with cross batch, B*G - 1 without."""
+    def negatives_per_query(
+        self, batch_size: int, group_size: int, world_size: int, bank: int = 0
+    ) -> int:
+        """Scored negatives per query: W*B*G - 1 with cross batch, B*G - 1 without, plus the
+        ``bank`` rows in use."""
         if min(batch_size, group_size, world_size) < 1:
             raise ValueError(
                 f"batch_size, group_size and world_size must be >= 1, "
                 f"got {batch_size}, {group_size}, {world_size}"
             )
         workers = world_size if self.cross_batch else 1
-        return workers * batch_size * group_size - 1
+        return workers * batch_size * group_size - 1 + bank
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """q (B, D), p (B*G, D) in the module's batch layout → scalar mean loss over B queries."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        p_doc: torch.Tensor | None = None,
+        q_pos: torch.Tensor | None = None,
+        bank: MemoryBank | None = None,
+    ) -> torch.Tensor:
+        """q (B, D), p (B*G, D) in the module's batch layout → scalar mean loss over B queries.
+
+        False negatives: with ``p_doc`` (B*G,) the doc index of each passage and ``q_pos``
+        (B, P) each query's judged-relevant doc indices (padded with -1), a passage judged
+        relevant to a query is never one of its negatives (a duplicate positive elsewhere in the
+        batch, or in the bank); only its own target counts. ``bank``: extra negatives, no
+        gradient, appended after the batch's passages.
+        """
         b, g = _group_size(q, p)
+        docs = p_doc
         if self.cross_batch and get_world_size() > 1:
             _check_same_layout(b, g, q.device)
             passages = all_gather_with_grad(p)  # (W*B*G, D), rank r's rows at [r*B*G, (r+1)*B*G)
+            docs = None if p_doc is None else all_gather_no_grad(p_doc)
             first_query = get_rank() * b  # this worker's queries in the global query order
         else:
             passages, first_query = p, 0
         scores = q @ passages.T / self.temperature  # (B, W*B*G) or (B, B*G)
+        if bank is not None and len(bank):
+            scores = torch.cat([scores, q @ bank.emb.to(q.dtype).T / self.temperature], dim=1)
+            docs = None if docs is None else torch.cat([docs, bank.doc])
         targets = (first_query + torch.arange(b, device=q.device)) * g
+        if q_pos is not None and docs is not None:
+            judged = (docs[None, :, None] == q_pos[:, None, :]).any(-1)  # (B, N)
+            judged[torch.arange(b, device=q.device), targets] = False
+            scores = scores.masked_fill(judged, float("-inf"))
         # No rescaling under DDP: gather's backward sums passage gradients back to their owners
         # and DDP averages over W workers, so the mean of per-worker losses is the global loss.
         return F.cross_entropy(scores, targets)

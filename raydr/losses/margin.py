@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydr.dist import all_gather_with_grad, get_world_size
+from raydr.dist import all_gather_no_grad, all_gather_with_grad, get_world_size
 
 ErrorFn = Literal["squared", "absolute", "softplus"]
 ERRORS: tuple[str, ...] = ("squared", "absolute", "softplus")
@@ -63,7 +63,9 @@ class AdaptiveMarginLoss(nn.Module):
             f"cross_batch={self.cross_batch}"
         )
 
-    def negatives_per_query(self, batch_size: int, group_size: int, world_size: int) -> int:
+    def negatives_per_query(
+        self, batch_size: int, group_size: int, world_size: int, bank: int = 0
+    ) -> int:
         """Negatives each query's margins are taken against: G-1 pairwise, the batch's
         (all workers' with cross_batch) hard negatives in-batch."""
         if min(batch_size, world_size) < 1 or group_size < 2:
@@ -76,17 +78,34 @@ class AdaptiveMarginLoss(nn.Module):
         workers = world_size if self.cross_batch else 1
         return workers * batch_size * (group_size - 1)
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """q (B, D), p (B*G, D), G >= 2 → scalar mean loss over this worker's pairs."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        p_doc: torch.Tensor | None = None,
+        q_pos: torch.Tensor | None = None,
+        bank: object = None,
+    ) -> torch.Tensor:
+        """q (B, D), p (B*G, D), G >= 2 → scalar mean loss over this worker's pairs.
+
+        With ``p_doc`` (B*G,) and ``q_pos`` (B, P, padded with -1) as for InfoNCE, an in-batch
+        negative judged relevant to a query is left out of that query's pairs."""
+        if bank is not None:
+            raise ValueError("the margin loss takes no memory bank (it has no denominator)")
         b, g = _groups(q, p)
         q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)  # cosine similarity
         groups = p.view(b, g, -1)
         pos, neg = groups[:, 0], groups[:, 1:]  # (B, D), (B, G-1, D)
         pos_score = (q * pos).sum(-1, keepdim=True)  # (B, 1)
+        keep = None
         if self.in_batch or self.target == "distributed":
             batch_neg = neg.reshape(b * (g - 1), -1)  # (B*(G-1), D)
+            neg_doc = None if p_doc is None else p_doc.view(b, g)[:, 1:].reshape(-1)
             if self.cross_batch and get_world_size() > 1:
                 batch_neg = all_gather_with_grad(batch_neg)  # (W*B*(G-1), D)
+                neg_doc = None if neg_doc is None else all_gather_no_grad(neg_doc)
+            if self.in_batch and neg_doc is not None and q_pos is not None:
+                keep = ~(neg_doc[None, :, None] == q_pos[:, None, :]).any(-1)  # (B, N)
         if self.in_batch:
             margin = pos_score - q @ batch_neg.T  # (B, N)
             pos_neg = pos @ batch_neg.T  # (B, N)
@@ -100,7 +119,10 @@ class AdaptiveMarginLoss(nn.Module):
         else:  # distributed: each pairwise margin against its positive's targets over the batch
             targets = (1 + pos @ batch_neg.T) / 2  # (B, N)
             diff = margin.unsqueeze(-1) - targets.unsqueeze(1)  # (B, G-1, N)
-        return _error(diff, self.error).mean()
+        errors = _error(diff, self.error)
+        if keep is not None:
+            return errors[keep].mean()
+        return errors.mean()
 
 
 def _error(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -32,7 +32,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from raydr.data.groups import sample_group, shard
     from raydr.dist import pin_cpus
-    from raydr.losses import build_loss
+    from raydr.losses import MemoryBank, build_loss
     from raydr.model.encoder import resolve_dtype
     from raydr.retrieval.encode import autocast
 
@@ -49,6 +49,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # --- data: every worker builds the same rows; ``shard`` gives each a disjoint slice.
     rows, passage_of = _training_data(cfg)
+    # Docs as integers, the same on every rank, so losses can tell which passages are judged
+    # relevant to which query (a duplicate positive is never a negative), across workers too.
+    doc_index = {doc: i for i, doc in enumerate(sorted(passage_of))}
 
     # --- model: from the latest checkpoint when Ray restarts us, else from model.name.
     resume = ray.train.get_checkpoint()
@@ -58,10 +61,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     total_steps = plan.remaining_steps(tcfg, len(rows), world, start_step, epoch, epoch_rows)
     ddp_model = ray.train.torch.prepare_model(model)
     loss_fn = build_loss(tcfg)
+    mcfg = tcfg.memory_bank
+    # Rows of the bank this world size uses, and what the bank keeps for the smallest one.
+    bank_rows, bank_capacity = plan.bank_rows(tcfg, world)
+    bank = MemoryBank(bank_capacity, mcfg.warmup_steps) if bank_capacity else None
     optimizer, scheduler = _optimizer(model, tcfg, total_steps)
     if resume is not None:
         with resume.as_directory() as ckpt_dir:
-            checkpoint.load_training_state(ckpt_dir, optimizer, scheduler)
+            state = checkpoint.load_training_state(ckpt_dir, optimizer, scheduler)
+        if bank is not None:  # every rank held the same bank; rank 0 saved it
+            bank.load_state_dict(state.get("bank") or {}, device)
 
     def tokenize(texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         enc = tokenizer(
@@ -82,9 +91,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             epoch_rows += world * tcfg.batch_size
             groups = [sample_group(rows[j], int(j), epoch, cfg.seed, tcfg.group_size) for j in idx]
             q_ids, q_mask = tokenize([rows[j].query for j in idx], cfg.model.query_max_length)
-            p_ids, p_mask = tokenize(
-                [passage_of[d] for g in groups for d in g], cfg.model.passage_max_length
-            )
+            docs = [d for g in groups for d in g]
+            p_ids, p_mask = tokenize([passage_of[d] for d in docs], cfg.model.passage_max_length)
+            p_doc = torch.tensor([doc_index[d] for d in docs], device=device)  # (B*G,)
+            q_pos = _judged([rows[j].positives for j in idx], doc_index, device)  # (B, P)
+            active = bank is not None and bank.active(step + 1)
+            in_bank = bank.newest(bank_rows) if active else None
             last_micro = (i + 1) % tcfg.grad_accum == 0
             # DDP all-reduces gradients after every backward; skip that until the last
             # micro-batch. The cross-batch gather's own collectives still run (they are part of
@@ -93,8 +105,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 with autocast(device, dtype):
                     q, p = ddp_model(q_ids, q_mask, p_ids, p_mask)
                     # Mean over accumulated micro-batches: each contributes 1/grad_accum.
-                    loss = loss_fn(q.float(), p.float()) / tcfg.grad_accum
+                    loss = loss_fn(q.float(), p.float(), p_doc, q_pos, bank=in_bank)
+                    loss = loss / tcfg.grad_accum
                 loss.backward()
+            if bank is not None:  # after the loss: a step never scores against itself
+                bank.push(p.detach(), p_doc)
             meter.add(float(loss.detach()), pairs=len(idx) * world)
             if not last_micro:
                 continue
@@ -120,9 +135,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if step % tcfg.checkpoint_every == 0 or step == total_steps:
                 metrics = meter.metrics(step, epoch, scheduler, grad_norm, start_step, world)
                 metrics["negatives_per_query"] = loss_fn.negatives_per_query(
-                    tcfg.batch_size, tcfg.group_size, world
+                    tcfg.batch_size, tcfg.group_size, world, len(in_bank or ())
                 )
-                state = (model, tokenizer, optimizer, scheduler)
+                state = (model, tokenizer, optimizer, scheduler, bank)
                 _report(ctx, rank, metrics, state, (step, epoch, epoch_rows))
             if step >= total_steps:
                 break
@@ -144,6 +159,13 @@ def _seed(seed: int, rank: int, step: int = 0) -> None:
     random.seed(key)
     np.random.seed(key)
     torch.manual_seed(key)
+
+
+def _judged(positives: list[tuple[str, ...]], doc_index: dict[str, int], device) -> torch.Tensor:
+    """Each query's judged-relevant doc indices, padded with -1 → (B, P)."""
+    ids = [[doc_index.get(d, -1) for d in pos] for pos in positives]
+    width = max(map(len, ids))
+    return torch.tensor([row + [-1] * (width - len(row)) for row in ids], device=device)
 
 
 def _training_data(cfg: RaydrConfig) -> tuple[list, dict[str, str]]:
@@ -246,24 +268,34 @@ class _Meter:
             "elapsed_s": now - self.t_start,
             "reported_at": time.time(),  # wall clock, to line up with ledger rows
             "world_size": world,
+            "peak_rss_mb": _peak_rss_mb(),
         }
         self.t_last, self.pairs = time.perf_counter(), 0
         return metrics
+
+
+def _peak_rss_mb() -> float | None:
+    """This worker's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _report(ctx: LoopContext, rank: int, metrics: dict[str, Any], state, position) -> None:
     """Rank 0 writes the checkpoint; every rank must call ``report`` (Ray Train's contract).
     Once Ray has committed it, rank 0 hands it to the hook.
 
-    ``state``: (model, tokenizer, optimizer, scheduler); ``position``: (step, epoch, rows of
-    this epoch consumed), where a resume continues."""
+    ``state``: (model, tokenizer, optimizer, scheduler, memory bank or None); ``position``:
+    (step, epoch, rows of this epoch consumed), where a resume continues."""
     import ray.train
 
     if rank != 0:
         ray.train.report(metrics)
         return
     cfg = ctx.cfg
-    model, tokenizer, optimizer, scheduler = state
+    model, tokenizer, optimizer, scheduler, bank = state
     step, epoch, epoch_rows = position
     if ctx.hook is not None:
         # The freshest validated metrics, with the step they were measured on, so a scheduler
@@ -281,6 +313,7 @@ def _report(ctx: LoopContext, rank: int, metrics: dict[str, Any], state, positio
             epoch_rows=epoch_rows,
             optimizer=optimizer,
             scheduler=scheduler,
+            extra_state=None if bank is None else {"bank": bank.state_dict()},
         )
         # Ray copies the folder into storage and commits it before report returns. A
         # step-named folder gives every checkpoint a stable URI: validators and ledgers key on

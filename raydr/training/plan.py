@@ -39,3 +39,17 @@ def world_sizes(tcfg: TrainingConfig) -> tuple[int, int]:
     """(min, max) workers: equal for a fixed count, the range for elastic training."""
     n = tcfg.num_workers
     return (n[0], n[1]) if isinstance(n, tuple) else (n, n)
+
+
+def bank_rows(tcfg: TrainingConfig, world: int) -> tuple[int, int]:
+    """Memory bank rows → (used in the loss at ``world`` workers, kept in the bank).
+
+    With ``hold_negatives`` a smaller world uses the passages its missing workers would have
+    contributed from the bank instead: W*B*G + used stays what it is at the most workers. The
+    bank keeps enough rows for the smallest world."""
+    mcfg = tcfg.memory_bank
+    if not mcfg.hold_negatives:
+        return mcfg.size, mcfg.size
+    low, high = world_sizes(tcfg)
+    per_worker = tcfg.batch_size * tcfg.group_size
+    return mcfg.size + (high - world) * per_worker, mcfg.size + (high - low) * per_worker

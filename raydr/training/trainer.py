@@ -148,10 +148,33 @@ def preflight(cfg: RaydrConfig) -> None:
     shard(len(rows), 0, cfg.seed, 0, world, tcfg.batch_size)  # one full step, or a clear error
     warn_selection_on_training_queries(cfg, {r.query_id for r in rows})
     micro_batches = plan.steps_per_epoch(len(rows), world, tcfg.batch_size, 1)
+    check_memory_bank(tcfg, world, micro_batches)
     if micro_batches < tcfg.grad_accum:
         raise RaydrError(
             f"training.grad_accum={tcfg.grad_accum} exceeds the {micro_batches} micro-batches per "
             f"epoch ({len(rows)} queries / (batch_size {tcfg.batch_size} x {world} workers))"
+        )
+
+
+def check_memory_bank(tcfg, world: int, micro_batches: int) -> None:
+    """The bank must hold at least one step's passages, and at most an epoch's (beyond that it
+    would hold copies of the same passages from the epoch before)."""
+    size = tcfg.memory_bank.size
+    if not size:
+        return
+    per_step = world * tcfg.batch_size * tcfg.group_size
+    per_epoch = micro_batches * per_step
+    if size < per_step:
+        raise RaydrError(
+            f"training.memory_bank.size={size} does not hold one step's passages: "
+            f"{world} workers x batch_size {tcfg.batch_size} x group_size {tcfg.group_size} = "
+            f"{per_step}; use a multiple of {per_step}"
+        )
+    if size > per_epoch:
+        raise RaydrError(
+            f"training.memory_bank.size={size} exceeds the {per_epoch} passages of one epoch "
+            f"({micro_batches} micro-batches x {per_step}); the bank would hold the same "
+            f"passages twice: use at most {per_epoch}"
         )
 
 

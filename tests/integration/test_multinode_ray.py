@@ -274,3 +274,34 @@ def test_elastic_training_starts_at_min_and_grows_when_a_node_joins(
     grown = _starts(tmp_path)[1:]
     assert [s["world"] for s in grown] == [2, 2]
     assert joined.node_id in {s["node"] for s in grown}
+
+
+def test_negatives_per_query_hold_when_an_elastic_run_shrinks(
+    cluster, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    nodes = [_add_single_train_node(cluster) for _ in range(2)]
+    # Bank of one step's passages at 2 workers (2 x batch 2 x group 2 = 8); held: at 1 worker
+    # the bank adds the 4 passages the missing worker would have brought.
+    bank = {"size": 8, "warmup_steps": 0, "hold_negatives": True}
+    thread, out = _run_to_phase_two(
+        cluster,
+        tmp_path,
+        tiny_dataset,
+        tiny_model_dir,
+        negatives,
+        num_workers=(1, 2),
+        resize_interval_s=1.0,
+        memory_bank=bank,
+    )
+    first = _starts(tmp_path)
+    assert [s["world"] for s in first] == [2, 2]
+    lost = next(n for n in nodes if n.node_id == next(s for s in first if s["rank"] == 1)["node"])
+    cluster.remove_node(lost)  # no spare: the run goes on with one worker
+
+    _finished_from_step_2(thread, out)
+    assert [s["world"] for s in _starts(tmp_path)[2:]] == [1]
+    reports = {m["step"]: m for _, m in out["result"].best_checkpoints}
+    seen = [(s, reports[s]["world_size"], reports[s]["negatives_per_query"]) for s in (2, 3, 4)]
+    # Step 1 had an empty bank; from step 2 on, 2*2*2 - 1 + 8 = 15 at two workers and
+    # 1*2*2 - 1 + 12 = 15 at one.
+    assert seen == [(2, 2, 15), (3, 1, 15), (4, 1, 15)], seen

@@ -54,7 +54,7 @@ def test_train_two_workers_writes_self_describing_checkpoints(reference: dict) -
     assert result.error is None
     # 5 queries, 2 workers x batch 1 → 2 steps per epoch (one query dropped for equal shapes).
     assert result.metrics["step"] == 6
-    assert result.metrics["negatives_per_query"] == 2 * 1 * 2 - 1
+    assert result.metrics["negatives_per_query"] == 2 * 1 * 2 - 1 + 8  # W*B*G - 1 + the bank
     info = checkpoint.read(result.checkpoint.path)
     assert (info.step, info.epoch) == (6, 2)
     assert info.config["training"]["group_size"] == 2
@@ -86,8 +86,14 @@ def _losses(result) -> list[tuple[int, float]]:
     return sorted((m["step"], m["loss"]) for _, m in result.best_checkpoints)
 
 
-# 5 queries, 2 workers x batch 1: 2 steps per epoch, so a resume can land mid-epoch.
-_RESUMABLE = {"batch_size": 1, "epochs": 3, "max_failures": 2}
+# 5 queries, 2 workers x batch 1: 2 steps per epoch, so a resume can land mid-epoch. A memory
+# bank of 2 steps' passages (4 a step) joins from step 2: a resume must restore it too.
+_RESUMABLE = {
+    "batch_size": 1,
+    "epochs": 3,
+    "max_failures": 2,
+    "memory_bank": {"size": 8, "warmup_steps": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +206,9 @@ def test_killed_worker_resumes_from_checkpoint(
     # Restarted from the last checkpoint committed before the kill: not 0, not a later one.
     assert result.metrics["resumed_from_step"] == 3
     # Every step's loss equals the uninterrupted run's: after the restart the workers take the
-    # epoch's remaining rows (none repeated, none skipped), with the optimizer, schedule and
-    # dropout of the uninterrupted run. A repeated or skipped row changes the loss.
+    # epoch's remaining rows (none repeated, none skipped), with the optimizer, schedule,
+    # dropout and memory bank of the uninterrupted run. A repeated or skipped row changes the
+    # loss, and so does a bank rebuilt empty.
     got, want = _losses(result), reference["losses"]
     assert [step for step, _ in got] == [step for step, _ in want]
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-6)

@@ -149,3 +149,35 @@ def test_loss_choice_and_the_combinations_it_refuses(tmp_path: Path) -> None:
         extra = ["training.loss.target=distributed"] if "in_batch" in override else []
         with pytest.raises(RaydrError, match=match):
             config.load(path, [*margin, *extra, override])
+
+
+def test_memory_bank_sizes_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    from raydr.training.trainer import check_memory_bank
+
+    path = _write(tmp_path, "data:\n  path: d\ntraining:\n  group_size: 2\n  batch_size: 4\n")
+    with pytest.raises(RaydrError, match=r"memory_bank\.size > 0 needs loss\.type 'infonce'"):
+        config.load(path, ["training.memory_bank.size=16", "training.loss.type=margin"])
+    with pytest.raises(RaydrError, match=r"memory_bank\.size: Input should be greater than"):
+        config.load(path, ["training.memory_bank.size=-1"])
+    tcfg = config.load(path, ["training.memory_bank.size=8"]).training
+    # 2 workers x batch 4 x group 2 = 16 passages a step; 10 micro-batches an epoch = 160.
+    with pytest.raises(RaydrError, match=r"size=8 does not hold one step's passages: .* = 16"):
+        check_memory_bank(tcfg, world=2, micro_batches=10)
+    check_memory_bank(config.load(path, ["training.memory_bank.size=160"]).training, 2, 10)
+    big = config.load(path, ["training.memory_bank.size=176"]).training
+    with pytest.raises(RaydrError, match=r"size=176 exceeds the 160 passages of one epoch"):
+        check_memory_bank(big, world=2, micro_batches=10)
+
+
+def test_held_negatives_top_the_bank_up_as_workers_go(tmp_path: Path) -> None:
+    from raydr.training.plan import bank_rows
+
+    path = _write(tmp_path, "data:\n  path: d\ntraining:\n  group_size: 2\n  batch_size: 4\n")
+    elastic = ["training.num_workers=[1, 3]", "training.memory_bank.size=24"]
+    tcfg = config.load(path, elastic).training
+    assert [bank_rows(tcfg, w) for w in (1, 2, 3)] == [(24, 24)] * 3  # off: the bank as set
+    held = config.load(path, [*elastic, "training.memory_bank.hold_negatives=true"]).training
+    # Each missing worker's 4 x 2 passages come from the bank; it keeps enough for 1 worker.
+    assert [bank_rows(held, w) for w in (1, 2, 3)] == [(40, 40), (32, 40), (24, 40)]
+    # So W*B*G + bank rows is the same at every world size.
+    assert {w * 4 * 2 + bank_rows(held, w)[0] for w in (1, 2, 3)} == {48}

@@ -85,3 +85,47 @@ def test_gather_is_identity_when_not_distributed() -> None:
     # Hence cross batch and local scoring agree in a single process.
     q, p = torch.randn(3, 8), torch.randn(9, 8)
     assert torch.equal(InfoNCELoss(cross_batch=True)(q, p), InfoNCELoss(cross_batch=False)(q, p))
+
+
+def test_memory_bank_is_first_in_first_out_and_waits_for_warm_up() -> None:
+    from raydr.losses import MemoryBank
+
+    bank = MemoryBank(size=5, warmup_steps=2)
+    assert len(bank) == 0 and not bank.active(3)  # empty: nothing to add yet
+    bank.push(torch.arange(6.0).view(3, 2), torch.tensor([0, 1, 2]))
+    bank.push(10 + torch.arange(6.0).view(3, 2), torch.tensor([3, 4, 5]))
+    assert bank.doc.tolist() == [1, 2, 3, 4, 5]  # oldest dropped first
+    assert bank.emb[0].tolist() == [2.0, 3.0] and bank.emb[-1].tolist() == [14.0, 15.0]
+    assert not bank.active(2) and bank.active(3)
+    again = MemoryBank(size=3)
+    again.load_state_dict(bank.state_dict(), torch.device("cpu"))  # a smaller bank keeps the newest
+    assert again.doc.tolist() == [3, 4, 5] and torch.equal(again.emb, bank.emb[-3:])
+
+
+def _manual_ce(scores: torch.Tensor, target: int, drop: list[int]) -> float:
+    keep = [j for j in range(scores.shape[0]) if j not in drop]
+    kept = scores[keep]
+    return float(torch.logsumexp(kept, 0) - scores[target])
+
+
+def test_judged_passages_are_never_negatives_in_the_batch_or_the_bank() -> None:
+    from raydr.losses import MemoryBank
+
+    torch.manual_seed(0)
+    q, p = torch.randn(2, 4), torch.randn(4, 4)  # B=2, G=2
+    q[0], p[3] = p[0], p[0]  # query 0 matches its positive, which q1's group holds again
+    p_doc = torch.tensor([10, 11, 20, 10])  # planted: query 0's positive doc 10 is q1's negative
+    q_pos = torch.tensor([[10, -1], [20, 21]])
+    bank = MemoryBank(size=3)
+    old = torch.stack([q[1], p[0], torch.randn(4)])  # judged docs seen in earlier steps
+    bank.push(old, torch.tensor([21, 10, 30]))
+    loss = InfoNCELoss(temperature=0.5, cross_batch=False)
+    scores = torch.cat([q @ p.T, q @ bank.emb.T], dim=1) / 0.5  # columns: batch 0-3, bank 4-6
+    # Query 0: its duplicate positive (column 3) and the bank's copy of doc 10 (column 5) are
+    # dropped; query 1: the bank's doc 21 (column 4), judged relevant to it, is dropped.
+    want = (_manual_ce(scores[0], 0, [3, 5]) + _manual_ce(scores[1], 2, [4])) / 2
+    assert loss(q, p, p_doc, q_pos, bank=bank).item() == pytest.approx(want, abs=1e-5)
+    unmasked = (_manual_ce(scores[0], 0, []) + _manual_ce(scores[1], 2, [])) / 2
+    assert loss(q, p, bank=bank).item() == pytest.approx(unmasked, abs=1e-5)
+    assert abs(want - unmasked) > 1e-3
+    assert loss.negatives_per_query(2, 2, 1, bank=3) == 2 * 2 - 1 + 3
