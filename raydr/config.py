@@ -170,6 +170,11 @@ class TrainingConfig(Section):
     group_size: PositiveInt = Field(1, description="passages per query: 1 positive + negatives")
     batch_size: PositiveInt = Field(16, description="queries per worker per step")
     grad_accum: PositiveInt = 1
+    grad_cache_chunk: PositiveInt | None = Field(
+        None,
+        description="GradCache: encode the batch in chunks of this many queries (the same loss "
+        "and gradients, one chunk's activation memory); None encodes it whole",
+    )
     epochs: PositiveInt = 1
     max_steps: PositiveInt | None = None
     lr: float = Field(2e-5, gt=0)
@@ -207,6 +212,11 @@ class TrainingConfig(Section):
     def _elastic_range(self) -> TrainingConfig:
         if isinstance(self.num_workers, tuple) and self.num_workers[0] > self.num_workers[1]:
             raise ValueError(f"num_workers range {self.num_workers} has min > max")
+        if self.grad_cache_chunk is not None and self.grad_cache_chunk > self.batch_size:
+            raise ValueError(
+                f"grad_cache_chunk={self.grad_cache_chunk} is larger than batch_size="
+                f"{self.batch_size}: a chunk is a part of one worker's batch of queries"
+            )
         if self.loss.type == "margin" and self.memory_bank.size:
             raise ValueError(
                 "memory_bank.size > 0 needs loss.type 'infonce': the margin loss has no "

@@ -26,6 +26,19 @@ ARMS: dict[str, list[str]] = {
         "training.memory_bank.size={bank}",
     ],
     "cross-batch+bm25": ["training.cross_batch=true", "training.group_size=2"],
+    # GradCache: --gc-factor times the queries per worker, encoded a base batch at a time.
+    "cross-batch+bm25+gradcache": [
+        "training.cross_batch=true",
+        "training.group_size=2",
+        "training.batch_size={gc_batch}",
+        "training.grad_cache_chunk={gc_chunk}",
+    ],
+    # The same big batch encoded whole: what GradCache saves in memory (and costs in time).
+    "cross-batch+bm25+bigbatch": [
+        "training.cross_batch=true",
+        "training.group_size=2",
+        "training.batch_size={gc_batch}",
+    ],
     "self-distillation": [
         "training.loss.type=margin",
         "training.loss.in_batch=true",
@@ -46,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default="cross-batch+bm25", help="the arm ratios refer to")
     p.add_argument("--bank-steps", type=int, default=4, help="memory bank: steps of passages")
     p.add_argument("--bank-warmup", type=int, default=4, help="memory bank: warm-up steps")
+    p.add_argument(
+        "--gc-factor", type=int, default=4, help="GradCache: batch = factor x the job's batch"
+    )
     p.add_argument("--out", type=Path, default=Path("bench-out/losses.json"))
 
 
@@ -103,7 +119,16 @@ def _overrides(args: argparse.Namespace, arm: str, stamp: int) -> list[str]:
     base = config.load(args.config, args.overrides).training
     group = 2 if "training.group_size=2" in ARMS[arm] else 1
     per_step = plan.world_sizes(base)[1] * base.batch_size * group
-    bank = [o.replace("{bank}", str(args.bank_steps * per_step)) for o in ARMS[arm]]
+    fill = {
+        "{bank}": str(args.bank_steps * per_step),
+        "{gc_batch}": str(args.gc_factor * base.batch_size),
+        "{gc_chunk}": str(base.batch_size),
+    }
+    bank = []
+    for o in ARMS[arm]:
+        for key, value in fill.items():
+            o = o.replace(key, value)
+        bank.append(o)
     if any("memory_bank" in o for o in bank):
         bank.append(f"training.memory_bank.warmup_steps={args.bank_warmup}")
     return [*args.overrides, f"name=bench-losses-{arm}-{stamp}", *bank]

@@ -35,6 +35,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raydr.losses import MemoryBank, build_loss
     from raydr.model.encoder import resolve_dtype
     from raydr.retrieval.encode import autocast
+    from raydr.training.gradcache import grad_cache_step
 
     ctx: LoopContext = loop_config["ctx"]
     cfg = ctx.cfg
@@ -98,16 +99,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             active = bank is not None and bank.active(step + 1)
             in_bank = bank.newest(bank_rows) if active else None
             last_micro = (i + 1) % tcfg.grad_accum == 0
-            # DDP all-reduces gradients after every backward; skip that until the last
-            # micro-batch. The cross-batch gather's own collectives still run (they are part of
-            # the loss), so every rank must take the same number of micro-batches.
-            with contextlib.nullcontext() if last_micro else _no_sync(ddp_model):
-                with autocast(device, dtype):
-                    q, p = ddp_model(q_ids, q_mask, p_ids, p_mask)
-                    # Mean over accumulated micro-batches: each contributes 1/grad_accum.
-                    loss = loss_fn(q.float(), p.float(), p_doc, q_pos, bank=in_bank)
-                    loss = loss / tcfg.grad_accum
-                loss.backward()
+            negatives = {"p_doc": p_doc, "q_pos": q_pos, "bank": in_bank}
+            if tcfg.grad_cache_chunk:  # the same loss and gradients, one chunk's activations
+                loss, p = grad_cache_step(
+                    ddp_model,
+                    loss_fn,
+                    (q_ids, q_mask, p_ids, p_mask),
+                    tcfg.grad_cache_chunk,
+                    scale=1 / tcfg.grad_accum,
+                    sync=last_micro,
+                    autocast=lambda: autocast(device, dtype),
+                    **negatives,
+                )
+            else:
+                # DDP all-reduces gradients after every backward; skip that until the last
+                # micro-batch. The cross-batch gather's own collectives still run (they are
+                # part of the loss), so every rank must take the same number of micro-batches.
+                with contextlib.nullcontext() if last_micro else _no_sync(ddp_model):
+                    with autocast(device, dtype):
+                        q, p = ddp_model(q_ids, q_mask, p_ids, p_mask)
+                        # Mean over accumulated micro-batches: each contributes 1/grad_accum.
+                        loss = loss_fn(q.float(), p.float(), **negatives) / tcfg.grad_accum
+                    loss.backward()
             if bank is not None:  # after the loss: a step never scores against itself
                 bank.push(p.detach(), p_doc)
             meter.add(float(loss.detach()), pairs=len(idx) * world)

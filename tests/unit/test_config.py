@@ -181,3 +181,12 @@ def test_held_negatives_top_the_bank_up_as_workers_go(tmp_path: Path) -> None:
     assert [bank_rows(held, w) for w in (1, 2, 3)] == [(40, 40), (32, 40), (24, 40)]
     # So W*B*G + bank rows is the same at every world size.
     assert {w * 4 * 2 + bank_rows(held, w)[0] for w in (1, 2, 3)} == {48}
+
+
+def test_grad_cache_chunk_must_fit_the_batch(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  path: d\ntraining:\n  batch_size: 4\n")
+    assert config.load(path, ["training.grad_cache_chunk=2"]).training.grad_cache_chunk == 2
+    with pytest.raises(RaydrError, match=r"grad_cache_chunk: Input should be greater than 0"):
+        config.load(path, ["training.grad_cache_chunk=0"])
+    with pytest.raises(RaydrError, match=r"grad_cache_chunk=8 is larger than batch_size=4"):
+        config.load(path, ["training.grad_cache_chunk=8"])
