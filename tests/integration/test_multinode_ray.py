@@ -236,24 +236,6 @@ def _finished_from_step_2(thread: threading.Thread, out: dict):
     assert result.metrics["resumed_from_step"] == 2  # from the checkpoint, not from scratch
 
 
-def test_losing_a_worker_node_resumes_from_checkpoint_on_the_nodes_left(
-    cluster, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
-) -> None:
-    nodes = [_add_single_train_node(cluster) for _ in range(3)]  # two in use, one spare
-    thread, out = _run_to_phase_two(
-        cluster, tmp_path, tiny_dataset, tiny_model_dir, negatives, num_workers=2
-    )
-    first = _starts(tmp_path)
-    assert [s["world"] for s in first] == [2, 2]
-    lost = next(n for n in nodes if n.node_id == next(s for s in first if s["rank"] == 1)["node"])
-    cluster.remove_node(lost)  # like a preempted spot instance
-
-    _finished_from_step_2(thread, out)
-    second = _starts(tmp_path)[2:]
-    assert [s["world"] for s in second] == [2, 2]
-    assert lost.node_id not in {s["node"] for s in second}
-
-
 def test_elastic_training_starts_at_min_and_grows_when_a_node_joins(
     cluster, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
@@ -276,7 +258,7 @@ def test_elastic_training_starts_at_min_and_grows_when_a_node_joins(
     assert joined.node_id in {s["node"] for s in grown}
 
 
-def test_negatives_per_query_hold_when_an_elastic_run_shrinks(
+def test_losing_a_node_resumes_on_the_nodes_left_with_as_many_negatives(
     cluster, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     nodes = [_add_single_train_node(cluster) for _ in range(2)]
@@ -296,10 +278,12 @@ def test_negatives_per_query_hold_when_an_elastic_run_shrinks(
     first = _starts(tmp_path)
     assert [s["world"] for s in first] == [2, 2]
     lost = next(n for n in nodes if n.node_id == next(s for s in first if s["rank"] == 1)["node"])
-    cluster.remove_node(lost)  # no spare: the run goes on with one worker
+    cluster.remove_node(lost)  # like a preempted spot instance; no spare: one worker goes on
 
     _finished_from_step_2(thread, out)
-    assert [s["world"] for s in _starts(tmp_path)[2:]] == [1]
+    second = _starts(tmp_path)[2:]
+    assert [s["world"] for s in second] == [1]
+    assert lost.node_id not in {s["node"] for s in second}
     reports = {m["step"]: m for _, m in out["result"].best_checkpoints}
     seen = [(s, reports[s]["world_size"], reports[s]["negatives_per_query"]) for s in (2, 3, 4)]
     # Step 1 had an empty bank; from step 2 on, 2*2*2 - 1 + 8 = 15 at two workers and

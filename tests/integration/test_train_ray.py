@@ -110,32 +110,19 @@ def reference(local_ray, tmp_path_factory, tiny_dataset, tiny_model_dir, negativ
     return {"losses": losses, "result": result, "cfg": cfg}
 
 
-def test_the_same_seed_gives_the_same_loss_at_every_step(
-    reference: dict, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
-) -> None:
-    from raydr.validation.client import train
-
-    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE)
-    result, _ = train(config.build({**cfg.model_dump(mode="json"), "name": "again"}, "t"))
-    # Dropout draws from torch's generator: without seeding it, the losses differ run to run.
-    assert _losses(result) == reference["losses"]
-
-
-def test_rerun_resumes_from_the_latest_checkpoint(
-    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
-) -> None:
-    from raydr.validation.client import train
-
-    first, _ = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=2))
-    assert first.metrics["step"] == 2
-    # Same storage_path and name, more epochs: Ray restores the run and the loop continues at 2.
-    again, _ = train(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, epochs=3))
-    assert again.metrics["step"] == 3
-    assert again.metrics["resumed_from_step"] == 2, "the rerun started from scratch"
+def test_rerun_resumes_from_the_latest_checkpoint(reference: dict) -> None:
     from raydr.training import checkpoint
+    from raydr.validation.client import train
 
+    # The reference run again (same storage_path and name), one epoch longer: Ray restores the
+    # run and the loop continues after its last step (6), instead of starting from scratch.
+    tree = reference["cfg"].model_dump(mode="json")
+    tree["training"]["epochs"] = 4
+    again, _ = train(config.build(tree, "t"))
+    assert again.metrics["step"] == 8
+    assert again.metrics["resumed_from_step"] == 6, "the rerun started from scratch"
     steps = sorted(checkpoint.read(c.path).step for c, _ in again.best_checkpoints)
-    assert steps[-1] == 3
+    assert steps[-2:] == [7, 8]
 
 
 def test_bad_training_input_is_refused_before_workers_start(
@@ -205,10 +192,12 @@ def test_killed_worker_resumes_from_checkpoint(
     assert result.metrics["step"] == 6
     # Restarted from the last checkpoint committed before the kill: not 0, not a later one.
     assert result.metrics["resumed_from_step"] == 3
-    # Every step's loss equals the uninterrupted run's: after the restart the workers take the
-    # epoch's remaining rows (none repeated, none skipped), with the optimizer, schedule,
-    # dropout and memory bank of the uninterrupted run. A repeated or skipped row changes the
-    # loss, and so does a bank rebuilt empty.
+    # Steps 1-3 are a second run of the same seed from scratch: the same loss at every step
+    # (dropout draws from torch's generator, seeded per step; unseeded, the losses differ).
+    # Every later step's loss equals the uninterrupted run's too: after the restart the
+    # workers take the epoch's remaining rows (none repeated, none skipped), with the
+    # optimizer, schedule, dropout and memory bank of the uninterrupted run. A repeated or
+    # skipped row changes the loss, and so does a bank rebuilt empty.
     got, want = _losses(result), reference["losses"]
     assert [step for step, _ in got] == [step for step, _ in want]
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-6)
