@@ -165,7 +165,6 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
     tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
     # One at a time: the learning trial finishes, ASHA stops the frozen one, then a third runs.
     tree["tune"]["space"] = {"training.lr": {"grid": [3e-3, 1e-9, 1e-3]}}
-    tree["training"]["epochs"] = 2  # 10 steps a trial: ASHA rungs at 4 and 8
     job = tmp_path / "tune.yaml"
     job.write_text(yaml.safe_dump(tree))
     cmd = [sys.executable, "-m", "raydr.cli", "tune", str(job)]
@@ -183,10 +182,10 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
         assert _trial_dir(exp, 1e-3).is_dir(), "the third trial never started"
         time.sleep(2)
         before = {lr: _results(_trial_dir(exp, lr)) for lr in (3e-3, 1e-9)}
-        # A trial ends on a report marked done: at max_t (step 10) when it ran its course.
+        # A trial ends on a report marked done: at max_t (step 20) when it ran its course.
         last = {lr: rows[-1] for lr, rows in before.items()}
-        assert last[3e-3]["done"] and last[3e-3]["validated_step"] == 10, "first did not finish"
-        assert last[1e-9]["done"] and last[1e-9]["validated_step"] < 10, "second was not stopped"
+        assert last[3e-3]["done"] and last[3e-3]["validated_step"] == 20, "first did not finish"
+        assert last[1e-9]["done"] and last[1e-9]["validated_step"] < 20, "second was not stopped"
         dirs_before = {d.name for d in exp.iterdir() if d.is_dir()}
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
