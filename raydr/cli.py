@@ -40,6 +40,21 @@ def _cmd_import_beir(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def _cmd_build_debian(args: argparse.Namespace) -> None:
+    from raydr.data.debian import build_debian_collection, default_sources
+
+    report = build_debian_collection(
+        args.source or default_sources(),
+        args.out,
+        num_queries=args.queries,
+        num_docs=args.docs,
+        seed=args.seed,
+        min_words=args.min_words,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(report, indent=2))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from raydr import config
     from raydr.evaluate import evaluate, format_table
@@ -242,6 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md5", help="checksum of SRC's zip, for a BEIR name raydr does not list")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_import_beir)
+
+    p = verbs.add_parser(
+        "build-debian",
+        help="an offline BEIR folder from Debian package descriptions (synopsis → description)",
+    )
+    p.add_argument("out", type=Path, help="output BEIR folder (written atomically)")
+    p.add_argument(
+        "--source",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a Debian control file (Translation-en, dpkg status; plain, gz, xz or lz4); "
+        "repeat for more. Default: /var/lib/apt/lists/*Translation-en*",
+    )
+    p.add_argument("--queries", type=int, default=500, help="queries, drawn among the docs")
+    p.add_argument("--docs", type=int, default=5000, help="documents in the corpus")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    p.add_argument(
+        "--min-words", type=int, default=30, help="drop long descriptions shorter than this"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_cmd_build_debian)
 
     for name, func, text in [
         ("evaluate", _cmd_evaluate, "dense retrieval quality of a model or checkpoint"),

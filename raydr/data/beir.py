@@ -11,12 +11,9 @@ line by line in Python only to name the first bad line exactly.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from raydr.atomic import atomic_dir
+from raydr.data.lines import numbered_lines as _lines
 from raydr.data.schema import CORPUS, QRELS, QUERIES, SCHEMA_VERSION
 from raydr.data.split import DEV, carve_queries
 from raydr.errors import RaydrError
@@ -270,24 +268,6 @@ def _warn(warnings: list[str], message: str) -> None:
 
 
 # --- slow path: name the first bad line -----------------------------------------------------
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, text); undecodable bytes or a broken gzip name the line."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    n = 0
-    try:
-        with opener(path, "rb") as fh:
-            for n, raw in enumerate(fh, 1):  # n is also read in the except below
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise RaydrError(
-                        f"{path}: line {n}: not valid UTF-8 (byte {err.start + 1} of the line)"
-                    ) from None
-                yield n, text
-    except (OSError, EOFError, zlib.error) as err:
-        raise RaydrError(f"{path}: line {n + 1}: cannot read ({err})") from None
 
 
 def _locate_jsonl_error(path: Path, fields: dict[str, bool]) -> None:
