@@ -1,0 +1,332 @@
+"""Dynamic hard negatives: a published index of the training corpus under a recent encoder,
+corrected between full refreshes, searched and sampled by the training workers.
+
+The pieces, each small and testable on its own:
+
+- ``Snapshot``: what one checkpoint's encoder made of the corpus (doc embeddings, the training
+  queries' embeddings) plus the k-means clusters over the docs. Immutable: publishing a new
+  index means handing out a new snapshot, never editing the old one, so a reader holds either
+  the old index or the new one, never a mix.
+- ``NystromMap``: between full refreshes only ``k`` landmark docs are re-encoded. Their move
+  ``Δ_L = Y_L - X_L`` is extended to every stale doc through the landmarks:
+  ``X + X X_L⁺ Δ_L = X + K_NL K_LL⁺ Δ_L`` (linear kernel, ``K_NL = X X_Lᵀ``), the Nyström
+  extension Monath et al. (2023) use to track how a parameter update moves the targets without
+  re-encoding them. With ``ridge`` > 0 it is the regularised extension
+  ``K_NL (K_LL + λI)⁻¹ Δ_L``: real updates are not low-rank, and near k = D the plain solve
+  amplifies noise (`raydr bench mining`: mean cosine to the re-encoded docs fell from 0.95 to
+  0.36 at k = 384 = D; λ = the mean eigenvalue of ``X_Lᵀ X_L`` kept it above 0.96 at every k).
+  Without ridge it is exact when the docs span at most ``k`` dimensions and the update acts
+  linearly on them. A doc's component outside the landmarks' span keeps its stale value (a
+  plain map ``X X_L⁺ Y_L`` would zero it).
+- ``NegativeIndex``: a snapshot made searchable in a worker. It serves the exact top-``depth``
+  by pruned cluster search, and *exact* samples from the softmax ``exp(s/τ)`` over the whole
+  corpus by rejection: clusters are probed best bound first until the unprobed clusters' bound
+  mass is small, probed docs are drawn with their exact weights, and an unprobed cluster's doc
+  is proposed under its cluster bound ``q·μ_c + ‖q‖ r_c`` and accepted with
+  ``exp((s - bound)/τ)``. Judged docs of the query are never returned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from raydr.errors import RaydrError
+
+Kind = Literal["refresh", "nystrom"]
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """k-means clusters over (N, D) embeddings, members stored cluster by cluster (CSR)."""
+
+    centroids: np.ndarray  # (C, D) float32
+    radius: np.ndarray  # (C,) max ‖x - μ_c‖ over the cluster's members
+    order: np.ndarray  # (N,) doc positions, grouped by cluster
+    offsets: np.ndarray  # (C + 1,) cluster c's members are order[offsets[c]:offsets[c + 1]]
+    assign: np.ndarray  # (N,) each doc's cluster
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def kmeans_assign(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """Cluster (N, D) embeddings with faiss k-means → (N,) cluster ids."""
+    import faiss
+
+    n = len(emb)
+    c = max(1, min(n_clusters, n))
+    if c == 1:
+        return np.zeros(n, dtype=np.int64)
+    km = faiss.Kmeans(emb.shape[1], c, niter=20, seed=seed, verbose=False, spherical=False)
+    # faiss warns below 39 points per centroid; the clusters only steer the search, so fine.
+    km.cp.min_points_per_centroid = 1
+    km.train(np.ascontiguousarray(emb, dtype=np.float32))
+    _, assign = km.index.search(np.ascontiguousarray(emb, dtype=np.float32), 1)
+    return assign[:, 0].astype(np.int64)
+
+
+def clusters_from(emb: np.ndarray, assign: np.ndarray) -> Clusters:
+    """Centroids and radii of a given assignment, over (possibly moved) embeddings.
+
+    Used after a Nyström correction: the assignment is kept, the geometry follows the docs, so
+    the bounds stay valid for the corrected embeddings."""
+    n_clusters = int(assign.max()) + 1 if len(assign) else 0
+    order = np.argsort(assign, kind="stable")
+    sizes = np.bincount(assign, minlength=n_clusters)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    sums = np.zeros((n_clusters, emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, assign, emb)
+    centroids = (sums / np.maximum(sizes, 1)[:, None]).astype(np.float32)
+    dist = np.linalg.norm(emb - centroids[assign], axis=1)
+    radius = np.zeros(n_clusters, dtype=np.float32)
+    np.maximum.at(radius, assign, dist.astype(np.float32))
+    # A hair of slack: float32 rounding must never make a bound smaller than a true score.
+    return Clusters(centroids, radius + 1e-5, order, offsets, assign)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One published mining index. Never mutated after it is built."""
+
+    step: int  # checkpoint whose encoder gave the query (and, for a refresh, doc) embeddings
+    base_step: int  # the full refresh the doc embeddings derive from (== step for a refresh)
+    kind: Kind
+    doc_ids: tuple[str, ...]  # corpus order
+    doc_emb: np.ndarray  # (N, D) float32
+    query_ids: tuple[str, ...]  # the training queries
+    query_emb: np.ndarray  # (Q, D) float32
+    clusters: Clusters
+
+    @property
+    def nbytes(self) -> int:
+        c = self.clusters
+        arrays = (self.doc_emb, self.query_emb, c.centroids, c.radius, c.order, c.offsets, c.assign)
+        return int(sum(a.nbytes for a in arrays))
+
+    def describe(self) -> dict[str, int | str]:
+        return {"index_step": self.step, "index_base_step": self.base_step, "index_kind": self.kind}
+
+
+def refresh(
+    step: int,
+    doc_ids: Sequence[str],
+    doc_emb: np.ndarray,
+    query_ids: Sequence[str],
+    query_emb: np.ndarray,
+    n_clusters: int,
+    seed: int = 0,
+) -> Snapshot:
+    """A full refresh: every doc freshly encoded at ``step``, clustered anew."""
+    doc_emb = np.ascontiguousarray(doc_emb, dtype=np.float32)
+    assign = kmeans_assign(doc_emb, n_clusters, seed)
+    return Snapshot(
+        step=step,
+        base_step=step,
+        kind="refresh",
+        doc_ids=tuple(doc_ids),
+        doc_emb=doc_emb,
+        query_ids=tuple(query_ids),
+        query_emb=np.ascontiguousarray(query_emb, dtype=np.float32),
+        clusters=clusters_from(doc_emb, assign),
+    )
+
+
+class NystromMap:
+    """The landmarks' move, extended to every doc: ``x ↦ x + x X_L⁺ (Y_L - X_L)``."""
+
+    def __init__(self, stale: np.ndarray, fresh: np.ndarray, ridge: float = 1.0) -> None:
+        """``stale``, ``fresh``: (k, D) embeddings of the same landmark docs. ``ridge``: λ in
+        units of the mean eigenvalue of ``X_Lᵀ X_L`` (scale-free); 0 solves exactly."""
+        if stale.shape != fresh.shape or stale.ndim != 2:
+            raise ValueError(f"landmarks: stale {stale.shape} and fresh {fresh.shape} differ")
+        x = stale.astype(np.float64)
+        move = fresh.astype(np.float64) - x
+        if ridge == 0:
+            # lstsq gives the minimum-norm X_L⁺ Δ_L, also when k < D (rank-deficient).
+            self.delta, *_ = np.linalg.lstsq(x, move, rcond=None)  # (D, D)
+        else:
+            gram = x.T @ x
+            lam = ridge * np.trace(gram) / len(gram)
+            self.delta = np.linalg.solve(gram + lam * np.eye(len(gram)), x.T @ move)
+
+    def apply(self, stale: np.ndarray, normalize: bool) -> np.ndarray:
+        """(N, D) stale → (N, D) corrected, L2-normalised when the encoder normalises."""
+        x = stale.astype(np.float64)
+        out = x + x @ self.delta
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out.astype(np.float32)
+
+
+def pick_landmarks(
+    n_docs: int, k: int, seed: int, prefer: Iterable[int] = (), what: str = "landmarks"
+) -> np.ndarray:
+    """``k`` doc positions, drawn (seeded) first from ``prefer``, then from the rest.
+
+    ``prefer`` is the validation subset: those docs are encoded for validation anyway, so
+    landmarks among them cost no extra encoder pass."""
+    if k > n_docs:
+        raise RaydrError(
+            f"training.mining.{what}={k} is larger than the training corpus ({n_docs} docs); "
+            f"expected at most {n_docs}"
+        )
+    rng = np.random.default_rng([seed, 4099])
+    preferred = np.array(sorted(set(int(p) for p in prefer)), dtype=np.int64)
+    first = rng.permutation(preferred)[:k]
+    if len(first) == k:
+        return np.sort(first)
+    rest = np.setdiff1d(np.arange(n_docs), first)
+    more = rng.choice(rest, size=k - len(first), replace=False)
+    return np.sort(np.concatenate([first, more]))
+
+
+def nystrom_update(
+    base: Snapshot,
+    step: int,
+    landmarks: np.ndarray,
+    fresh: np.ndarray,
+    query_emb: np.ndarray,
+    normalize: bool,
+    ridge: float = 1.0,
+) -> Snapshot:
+    """``base``'s docs moved to ``step`` through the map fitted on ``landmarks``.
+
+    ``landmarks``: (k,) doc positions; ``fresh``: (k, D) their embeddings at ``step``;
+    ``query_emb``: (Q, D) the training queries at ``step``. The landmarks themselves take their
+    true fresh embeddings. Always corrects from the full refresh, never from a corrected
+    snapshot, so errors do not compound."""
+    corrected = NystromMap(base.doc_emb[landmarks], fresh, ridge).apply(base.doc_emb, normalize)
+    corrected[landmarks] = fresh
+    return Snapshot(
+        step=step,
+        base_step=base.base_step,
+        kind="nystrom",
+        doc_ids=base.doc_ids,
+        doc_emb=corrected,
+        query_ids=base.query_ids,
+        query_emb=np.ascontiguousarray(query_emb, dtype=np.float32),
+        # Same assignment, geometry recomputed: the bounds hold for the corrected docs.
+        clusters=clusters_from(corrected, base.clusters.assign),
+    )
+
+
+def default_clusters(n_docs: int) -> int:
+    """√N clusters: probing costs C centroid scores plus the probed clusters' members."""
+    return max(1, int(math.sqrt(n_docs)))
+
+
+class NegativeIndex:
+    """A snapshot made searchable in a training worker: top-k and softmax draws per query."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._query = {q: i for i, q in enumerate(snapshot.query_ids)}
+        self._doc = {d: i for i, d in enumerate(snapshot.doc_ids)}
+        self.scored = 0  # docs scored exactly so far (the search's cost)
+
+    def knows(self, query_id: str) -> bool:
+        return query_id in self._query
+
+    def _prepare(self, query_id: str, exclude: Iterable[str]):
+        q = self.snapshot.query_emb[self._query[query_id]]
+        c = self.snapshot.clusters
+        bounds = c.centroids @ q + float(np.linalg.norm(q)) * c.radius  # (C,)
+        banned = {self._doc[d] for d in exclude if d in self._doc}
+        return q, bounds, banned
+
+    def _members(self, cluster: int) -> np.ndarray:
+        c = self.snapshot.clusters
+        return c.order[c.offsets[cluster] : c.offsets[cluster + 1]]
+
+    def top(self, query_id: str, depth: int, exclude: Iterable[str] = ()) -> list[str]:
+        """The exact top-``depth`` docs for the query, ``exclude`` left out, best first.
+
+        Clusters are scored best bound first; the search stops when the ``depth``-th best
+        score found beats every unprobed cluster's bound."""
+        q, bounds, banned = self._prepare(query_id, exclude)
+        pos: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        kth = -np.inf
+        for cluster in np.argsort(-bounds, kind="stable"):
+            if bounds[cluster] < kth:
+                break
+            members = self._members(cluster)
+            members = members[~np.isin(members, list(banned))] if banned else members
+            pos.append(members)
+            scores.append(self.snapshot.doc_emb[members] @ q)
+            self.scored += len(members)
+            found = np.concatenate(scores)
+            if len(found) >= depth:
+                kth = np.partition(found, len(found) - depth)[len(found) - depth]
+        p, s = np.concatenate(pos), np.concatenate(scores)
+        best = p[np.argsort(-s, kind="stable")[:depth]]
+        return [self.snapshot.doc_ids[i] for i in best]
+
+    def sample(
+        self,
+        query_id: str,
+        n: int,
+        temperature: float,
+        rng: np.random.Generator,
+        exclude: Iterable[str] = (),
+        slack: float = 0.1,
+    ) -> list[str]:
+        """``n`` distinct docs drawn from softmax(score / temperature) over the corpus,
+        ``exclude`` left out (successive sampling without replacement), exactly.
+
+        Probing stops once the unprobed clusters' bound mass is at most ``slack`` times the
+        probed mass: the smaller ``slack``, the more docs scored and the fewer rejections."""
+        q, bounds, banned = self._prepare(query_id, exclude)
+        emb, tau = self.snapshot.doc_emb, temperature
+        top = float(bounds.max())
+        mass = self.snapshot.clusters.sizes * np.exp((bounds - top) / tau)  # (C,) bound mass
+        probed_pos: list[np.ndarray] = []
+        probed_w: list[np.ndarray] = []
+        probed_mass, left = 0.0, float(mass.sum())
+        unprobed = np.ones(len(bounds), dtype=bool)
+        for cluster in np.argsort(-bounds, kind="stable"):
+            if probed_mass > 0 and left <= slack * probed_mass:
+                break
+            members = self._members(cluster)
+            w = np.exp((emb[members] @ q - top) / tau)
+            w[np.isin(members, list(banned))] = 0.0
+            self.scored += len(members)
+            probed_pos.append(members)
+            probed_w.append(w)
+            probed_mass += float(w.sum())
+            left -= float(mass[cluster])
+            unprobed[cluster] = False
+        pos = np.concatenate(probed_pos)
+        weight = np.concatenate(probed_w)
+        tail = np.flatnonzero(unprobed)
+        tail_mass = mass[tail]
+        picked: list[int] = []
+        available = len(self.snapshot.doc_ids) - len(banned)
+        if n > available:
+            raise RaydrError(
+                f"query {query_id!r}: {n} negatives asked for, but only {available} unjudged "
+                f"docs exist in the training corpus"
+            )
+        while len(picked) < n:
+            z_probed, z_tail = float(weight.sum()), float(tail_mass.sum())
+            if rng.random() * (z_probed + z_tail) < z_probed:
+                i = int(rng.choice(len(pos), p=weight / z_probed))
+                picked.append(int(pos[i]))
+                weight[i] = 0.0  # without replacement
+                continue
+            # An unprobed cluster under its bound; a uniform member; accept by its true score.
+            j = int(rng.choice(len(tail), p=tail_mass / z_tail))
+            members = self._members(int(tail[j]))
+            d = int(members[rng.integers(len(members))])
+            self.scored += 1
+            accept = math.exp((float(emb[d] @ q) - float(bounds[tail[j]])) / tau)
+            if d in banned or d in picked or rng.random() >= accept:
+                continue  # rejected: draw again from the start (keeps the draw exact)
+            picked.append(d)
+        return [self.snapshot.doc_ids[i] for i in picked]
