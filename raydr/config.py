@@ -159,11 +159,51 @@ class MemoryBankConfig(Section):
     )
 
 
+class MiningConfig(Section):
+    """Where hard negatives come from (``raydr.mining``)."""
+
+    source: Literal["bm25", "dynamic"] = Field(
+        "bm25",
+        description="bm25: the static table in training.negatives; dynamic: an index of the "
+        "training corpus that the validator pool refreshes from recent checkpoints",
+    )
+    refresh_every: PositiveInt = Field(
+        50,
+        description="dynamic: steps between full re-encodes of the training corpus (done with "
+        "the first checkpoint that far on; its validation shares the encode)",
+    )
+    landmarks: NonNegativeInt = Field(
+        0,
+        description="dynamic: docs re-encoded at the checkpoints between refreshes to "
+        "Nyström-correct the whole index (drawn from the validation subset first: free); 0: off",
+    )
+    ridge: float = Field(
+        1.0,
+        ge=0,
+        description="dynamic: Nyström regularisation, in units of the landmarks' mean "
+        "eigenvalue (0: exact least squares, noisy near landmarks = embedding width)",
+    )
+    sampling: Literal["topk", "softmax"] = Field(
+        "topk",
+        description="topk: negatives drawn uniformly from the top `depth`; softmax: drawn in "
+        "proportion to exp(score / temperature) over the whole corpus",
+    )
+    depth: PositiveInt = Field(30, description="topk: the candidates negatives are drawn from")
+    temperature: float = Field(0.05, gt=0, description="softmax: sampling temperature")
+    clusters: PositiveInt | None = Field(
+        None, description="k-means clusters the index searches through (default √N)"
+    )
+    poll_s: float = Field(
+        2.0, gt=0, description="how often a worker asks the pool for a newer index (never waits)"
+    )
+
+
 class TrainingConfig(Section):
     """Ray Train dual-encoder training with (cross-batch) InfoNCE."""
 
     loss: LossConfig = Field(default_factory=LossConfig)
     memory_bank: MemoryBankConfig = Field(default_factory=MemoryBankConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
 
     split: str = "train"
     negatives: Path | None = Field(None, description="Parquet from `raydr mine-negatives`")
@@ -221,6 +261,20 @@ class TrainingConfig(Section):
             raise ValueError(
                 "memory_bank.size > 0 needs loss.type 'infonce': the margin loss has no "
                 "denominator for banked negatives to join"
+            )
+        if self.mining.source == "dynamic" and self.group_size < 2:
+            raise ValueError(
+                f"mining.source 'dynamic' serves hard negatives: it needs group_size >= 2 (got "
+                f"{self.group_size})"
+            )
+        if (
+            self.mining.source == "dynamic"
+            and self.mining.sampling == "topk"
+            and self.mining.depth < self.group_size - 1
+        ):
+            raise ValueError(
+                f"mining.depth={self.mining.depth} is smaller than the {self.group_size - 1} "
+                f"negatives per query that group_size={self.group_size} draws from it"
             )
         if self.loss.type == "margin" and self.group_size < 2:
             raise ValueError(
@@ -319,6 +373,16 @@ class RaydrConfig(Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @model_validator(mode="after")
+    def _dynamic_needs_the_pool(self) -> RaydrConfig:
+        v = self.validation
+        if self.training.mining.source == "dynamic" and not (v.enabled and v.mode == "pool"):
+            raise ValueError(
+                "training.mining.source 'dynamic' needs the validator pool (validation.enabled: "
+                "true, validation.mode: pool): its actors re-encode the corpus for the index"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

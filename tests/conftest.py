@@ -132,3 +132,28 @@ def tiny_tree(name: str, tmp_path: Path, dataset: Path, model: Path) -> dict:
         "data": {"path": str(dataset), "split": "test"},
         "eval": {"depth": 20, "batch_size": 8},
     }
+
+
+def write_checkpoint(root: Path, model_dir: Path, step: int, cfg) -> Path:
+    """A real raydr checkpoint of the tiny model with step-dependent weights."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from raydr.model.encoder import DualEncoder
+    from raydr.training import checkpoint
+
+    model = DualEncoder.from_config(cfg.model)
+    torch.manual_seed(step)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = root / checkpoint.dir_name(step)
+    checkpoint.write(
+        path,
+        model,
+        AutoTokenizer.from_pretrained(model_dir),
+        cfg.model_dump(mode="json"),
+        step=step,
+        epoch=0,
+    )
+    return path

@@ -1,14 +1,17 @@
 """What the trainer hands each worker's loop: the config, where checkpoints go, and a hook.
 
 The loop knows nothing about validation or tuning. It calls a ``CheckpointHook`` that the layer
-above supplies (``raydr.validation.client``: the pool client or the inline validator), and it
-ships no untyped flags.
+above supplies (``raydr.validation.client``: the pool client or the inline validator), draws
+dynamic negatives from a ``NegativeSource`` the same layer supplies, and ships no untyped flags.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 from raydr.config import RaydrConfig
 
@@ -24,6 +27,22 @@ class CheckpointHook(Protocol):
         (metric values plus the step they were measured on); {} while there are none."""
 
 
+class NegativeSource(Protocol):
+    """Hard negatives that change while training runs (``raydr.validation.client``'s pool
+    client). Every rank holds its own copy. Implementations must be picklable."""
+
+    def poll(self) -> None:
+        """Take a newer index if one has arrived. Must never wait."""
+
+    def draw(
+        self, query_id: str, exclude: Collection[str], n: int, rng: np.random.Generator
+    ) -> list[str] | None:
+        """``n`` distinct negatives for the query, none of ``exclude``; None while no index."""
+
+    def describe(self, step: int) -> dict[str, Any]:
+        """Flat report fields: which index served the negatives and how stale it is."""
+
+
 @dataclass(frozen=True)
 class LoopContext:
     """Everything a worker's loop gets besides what ``ray.train.get_context()`` says."""
@@ -32,6 +51,7 @@ class LoopContext:
     storage: str  # Ray Train storage root: checkpoints land at <storage>/<name>/<dir_name>
     threads: int  # torch threads per worker (Ray starts workers with one)
     hook: CheckpointHook | None = None  # None: train without validation
+    negatives: NegativeSource | None = None  # None: the static negatives of training.negatives
 
     @property
     def cfg(self) -> RaydrConfig:

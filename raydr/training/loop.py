@@ -50,6 +50,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # --- data: every worker builds the same rows; ``shard`` gives each a disjoint slice.
     rows, passage_of = _training_data(cfg)
+    source = ctx.negatives  # None: the static negatives of training.negatives
     # Docs as integers, the same on every rank, so losses can tell which passages are judged
     # relevant to which query (a duplicate positive is never a negative), across workers too.
     doc_index = {doc: i for i, doc in enumerate(sorted(passage_of))}
@@ -90,7 +91,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 _seed(cfg.seed, rank, step + 1)
             idx = batches[i]
             epoch_rows += world * tcfg.batch_size
-            groups = [sample_group(rows[j], int(j), epoch, cfg.seed, tcfg.group_size) for j in idx]
+            if source is None:
+                groups = [
+                    sample_group(rows[j], int(j), epoch, cfg.seed, tcfg.group_size) for j in idx
+                ]
+            else:
+                source.poll()  # picks up a newer index if one has landed; never waits
+                groups = [
+                    _dynamic_group(rows[j], int(j), epoch, step, cfg, source, doc_index)
+                    for j in idx
+                ]
             q_ids, q_mask = tokenize([rows[j].query for j in idx], cfg.model.query_max_length)
             docs = [d for g in groups for d in g]
             p_ids, p_mask = tokenize([passage_of[d] for d in docs], cfg.model.passage_max_length)
@@ -150,6 +160,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 metrics["negatives_per_query"] = loss_fn.negatives_per_query(
                     tcfg.batch_size, tcfg.group_size, world, len(in_bank or ())
                 )
+                if source is not None:  # which index served the negatives, and how stale
+                    metrics.update(source.describe(step))
                 state = (model, tokenizer, optimizer, scheduler, bank)
                 _report(ctx, rank, metrics, state, (step, epoch, epoch_rows))
             if step >= total_steps:
@@ -174,6 +186,31 @@ def _seed(seed: int, rank: int, step: int = 0) -> None:
     torch.manual_seed(key)
 
 
+def _dynamic_group(row, j: int, epoch: int, step: int, cfg, source, doc_index) -> list[str]:
+    """Positive first, then negatives from the newest published index. Before the first index
+    lands: the row's static negatives when mined, else docs drawn at random."""
+    import numpy as np
+
+    from raydr.data.groups import sample_group
+
+    need = cfg.training.group_size - 1
+    positive = sample_group(row, j, epoch, cfg.seed, 1)[0]
+    rng = np.random.default_rng([cfg.seed, epoch, j, step])
+    exclude = {*row.positives, row.query_id}  # BEIR: a doc with the query's id is not a negative
+    negatives = source.draw(row.query_id, exclude, need, rng)
+    if negatives is None and len(set(row.negatives)) >= need:
+        negatives = sample_group(row, j, epoch, cfg.seed, need + 1)[1:]
+    if negatives is None:
+        docs = list(doc_index)  # doc_index is in sorted order: the same draw on every rank
+        negatives = []
+        for k in rng.permutation(len(docs)):
+            if docs[k] not in exclude:
+                negatives.append(docs[k])
+                if len(negatives) == need:
+                    break
+    return [positive, *negatives]
+
+
 def _judged(positives: list[tuple[str, ...]], doc_index: dict[str, int], device) -> torch.Tensor:
     """Each query's judged-relevant doc indices, padded with -1 → (B, P)."""
     ids = [[doc_index.get(d, -1) for d in pos] for pos in positives]
@@ -190,7 +227,8 @@ def _training_data(cfg: RaydrConfig) -> tuple[list, dict[str, str]]:
     tcfg = cfg.training
     negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
     rows = build_rows(cfg.data.path, tcfg.split, negatives)
-    check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
+    if tcfg.mining.source != "dynamic":  # dynamic rows take their negatives from the index
+        check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
     corpus = load_corpus(cfg.data.path)
     return rows, dict(zip(corpus["doc_id"].to_pylist(), passage_texts(corpus), strict=True))
 

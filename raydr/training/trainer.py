@@ -9,7 +9,7 @@ from typing import Any
 
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
-from raydr.training.context import CheckpointHook, LoopContext
+from raydr.training.context import CheckpointHook, LoopContext, NegativeSource
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def build_trainer(
     hook: CheckpointHook | None = None,
     callbacks: list[Any] | None = None,
     loop=None,
+    negatives: NegativeSource | None = None,
 ):
     """A ``TorchTrainer`` for ``cfg``; rank 0 hands each committed checkpoint to ``hook``.
 
@@ -70,6 +71,7 @@ def build_trainer(
         storage=storage,
         threads=max(1, int(resources.get("CPU", 1))),
         hook=hook,
+        negatives=negatives,
     )
     return TorchTrainer(
         loop or train_loop_per_worker,
@@ -137,13 +139,17 @@ def preflight(cfg: RaydrConfig) -> None:
     check_storage(cfg)
     tcfg = cfg.training
     negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
-    if tcfg.group_size > 1 and negatives is None:
+    dynamic = tcfg.mining.source == "dynamic"
+    if tcfg.group_size > 1 and negatives is None and not dynamic:
         raise RaydrError(
             f"training.group_size={tcfg.group_size} needs hard negatives: set training.negatives "
-            f"(run `raydr mine-negatives CONFIG` to make them)"
+            f"(run `raydr mine-negatives CONFIG` to make them) or training.mining.source=dynamic"
         )
     rows = build_rows(cfg.data.path, tcfg.split, negatives)
-    check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
+    if negatives is not None or not dynamic:  # dynamic: the table only bridges the first index
+        check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
+    if dynamic:
+        check_mining(cfg, rows)
     world = plan.world_sizes(tcfg)[1]
     shard(len(rows), 0, cfg.seed, 0, world, tcfg.batch_size)  # one full step, or a clear error
     warn_selection_on_training_queries(cfg, {r.query_id for r in rows})
@@ -153,6 +159,25 @@ def preflight(cfg: RaydrConfig) -> None:
         raise RaydrError(
             f"training.grad_accum={tcfg.grad_accum} exceeds the {micro_batches} micro-batches per "
             f"epoch ({len(rows)} queries / (batch_size {tcfg.batch_size} x {world} workers))"
+        )
+
+
+def check_mining(cfg: RaydrConfig, rows) -> None:
+    """Dynamic negatives: landmarks and negatives per query must fit in the training corpus."""
+    from raydr.data.tables import load_corpus
+
+    mcfg, tcfg = cfg.training.mining, cfg.training
+    n_docs = load_corpus(cfg.data.path).num_rows
+    if mcfg.landmarks > n_docs:
+        raise RaydrError(
+            f"training.mining.landmarks={mcfg.landmarks} is larger than the training corpus "
+            f"({n_docs} docs in {cfg.data.path}); expected at most {n_docs}"
+        )
+    judged = max(len(r.positives) for r in rows) + 1  # + the query's own id (BEIR)
+    if tcfg.group_size - 1 > n_docs - judged:
+        raise RaydrError(
+            f"training.group_size={tcfg.group_size} asks for {tcfg.group_size - 1} negatives "
+            f"per query, but the corpus has only {n_docs} docs ({judged} judged for some query)"
         )
 
 
@@ -281,14 +306,22 @@ def prepare(cfg: RaydrConfig) -> None:
     warn_local_storage_on_multinode(cfg)
 
 
-def fit(cfg: RaydrConfig, hook: CheckpointHook | None = None, loop=None, callbacks=None):
+def fit(
+    cfg: RaydrConfig,
+    hook: CheckpointHook | None = None,
+    loop=None,
+    callbacks=None,
+    negatives: NegativeSource | None = None,
+):
     """Train (after ``prepare``); → Ray Train's ``Result``. Rerunning with the same storage and
     name resumes from the latest committed checkpoint. ``hook`` receives every committed
-    checkpoint on rank 0 (see ``raydr.validation.client``)."""
+    checkpoint on rank 0 (see ``raydr.validation.client``); ``negatives`` serves dynamic hard
+    negatives to every rank."""
     from ray.train import TrainingFailedError
 
     try:
-        return build_trainer(cfg, hook=hook, loop=loop, callbacks=callbacks).fit()
+        trainer = build_trainer(cfg, hook=hook, loop=loop, callbacks=callbacks, negatives=negatives)
+        return trainer.fit()
     except TrainingFailedError as exc:
         raise training_failed(cfg, exc) from None
 

@@ -26,7 +26,7 @@ def tune_trial(params: dict[str, Any], base: dict[str, Any], pool: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raydr.training.trainer import fit
-    from raydr.validation.client import PoolHook
+    from raydr.validation.client import PoolHook, PoolNegatives
     from raydr.validation.pool import NAMESPACE
 
     trial = tune.get_context().get_trial_id()
@@ -35,7 +35,8 @@ def tune_trial(params: dict[str, Any], base: dict[str, Any], pool: str) -> None:
     tree["name"] = f"{base['name']}-{trial}"
     cfg = RaydrConfig.model_validate(tree)
     hook = PoolHook(pool, trial, list(cfg.eval.metrics))
-    result = fit(cfg, hook=hook, callbacks=[TuneReportCallback()])
+    negatives = PoolNegatives.for_run(cfg, pool, trial)
+    result = fit(cfg, hook=hook, callbacks=[TuneReportCallback()], negatives=negatives)
     if result.error:
         raise result.error
     # Training is over; report the validations that were still running so the scheduler and

@@ -3,6 +3,7 @@
 ``PoolHook`` pushes each committed checkpoint to the run's ``ValidationPool`` and never waits;
 ``InlineHook`` validates right there on rank 0 (the naive baseline the benchmarks compare
 against). Both read validated metrics back through the ledger's one projection.
+``PoolNegatives`` gives every worker the pool's newest mining index (dynamic negatives).
 """
 
 from __future__ import annotations
@@ -43,6 +44,78 @@ class PoolHook:
         # An immediate lookup in the pool's ledger, not a wait for any validation to finish.
         latest = ray.get(self._handle().latest.remote(self.trial))
         return {} if latest is None else rows.report_metrics(latest, self.metrics, step)
+
+
+@dataclass
+class PoolNegatives:
+    """A training worker's view of its trial's mining index in the pool (a ``NegativeSource``).
+
+    ``poll`` never waits: it sends one small request at most every ``poll_s``, and picks up the
+    answer, then the index itself, on later calls once Ray has them ready. Until the first
+    index lands, ``draw`` returns None and the loop falls back to static or random negatives."""
+
+    pool: str  # the pool actor's name
+    trial: str  # the ledger's trial key
+    mining: dict[str, Any]  # this trial's training.mining
+    model: str  # what training starts from: the pool's initial index encodes with it
+    _index: Any = field(default=None, init=False, repr=False)  # NegativeIndex
+    _request: Any = field(default=None, init=False, repr=False)  # ObjectRef of the answer
+    _fetch: Any = field(default=None, init=False, repr=False)  # ObjectRef of the index
+    _asked_at: float = field(default=-1e18, init=False, repr=False)
+
+    @classmethod
+    def for_run(cls, cfg: RaydrConfig, pool: str, trial: str) -> PoolNegatives | None:
+        """The run's source of dynamic negatives, or None for static ones."""
+        if cfg.training.mining.source != "dynamic":
+            return None
+        return cls(pool, trial, cfg.training.mining.model_dump(mode="json"), cfg.model.name)
+
+    def poll(self) -> None:
+        import time
+
+        import ray
+
+        from raydr.mining.dynamic import NegativeIndex
+        from raydr.validation.pool import NAMESPACE
+
+        if self._fetch is not None:  # the index is on its way to this node
+            ready, _ = ray.wait([self._fetch], timeout=0, fetch_local=True)
+            if ready:
+                self._index, self._fetch = NegativeIndex(ray.get(self._fetch)), None
+            return
+        if self._request is not None:
+            ready, _ = ray.wait([self._request], timeout=0)
+            if ready:
+                answer, self._request = ray.get(self._request), None
+                if answer is not None:
+                    self._fetch = answer[1]
+            return
+        now = time.monotonic()
+        if now - self._asked_at >= self.mining["poll_s"]:
+            self._asked_at = now
+            have = -1 if self._index is None else self._index.snapshot.step
+            handle = ray.get_actor(self.pool, namespace=NAMESPACE)
+            self._request = handle.published.remote(self.trial, have, self.mining, self.model)
+
+    def draw(self, query_id, exclude, n, rng) -> list[str] | None:
+        index = self._index
+        if index is None or not index.knows(query_id):
+            return None
+        if self.mining["sampling"] == "softmax":
+            return index.sample(query_id, n, self.mining["temperature"], rng, exclude)
+        top = index.top(query_id, self.mining["depth"], exclude)
+        return [top[i] for i in rng.choice(len(top), size=n, replace=False)]
+
+    def describe(self, step: int) -> dict[str, Any]:
+        if self._index is None:
+            return {"negatives_source": "fallback", "index_step": -1, "staleness_steps": -1}
+        snap = self._index.snapshot
+        return {
+            "negatives_source": "dynamic",
+            **snap.describe(),
+            "staleness_steps": step - snap.step,  # steps since the index's encoder
+            "docs_staleness_steps": step - snap.base_step,  # since its last full re-encode
+        }
 
 
 @dataclass
@@ -94,7 +167,8 @@ def train(cfg: RaydrConfig, loop=None) -> tuple[Any, list[rows.Row] | None]:
         return fit(cfg, hook=hook, loop=loop), Ledger.for_run(cfg).results(cfg.name)
     pool = start_pool(cfg)
     hook = PoolHook(pool_name(cfg.name), cfg.name, list(cfg.eval.metrics))
-    result = fit(cfg, hook=hook, loop=loop)
+    negatives = PoolNegatives.for_run(cfg, pool_name(cfg.name), cfg.name)
+    result = fit(cfg, hook=hook, loop=loop, negatives=negatives)
     log.info("training finished; waiting for pending validations")
     wait_idle(pool)
     done = ray.get(pool.results.remote(cfg.name))

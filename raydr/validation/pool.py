@@ -2,7 +2,9 @@
 
 Trainers *push* (trial, step, checkpoint path) with ``submit`` and never wait. The pool owns the
 work from then on, so a checkpoint submitted just before its trial is stopped is still
-validated. Each checkpoint gets exactly one closing ledger row: a validator that dies mid-way is
+validated. With dynamic negatives (``training.mining.source: dynamic``) the same job also
+rebuilds the trial's mining index from the checkpoint (one encode serves both) and publishes
+it; workers fetch the newest with ``published`` without waiting. Each checkpoint gets exactly one closing ledger row: a validator that dies mid-way is
 restarted by Ray and the checkpoint re-done; a checkpoint that cannot be loaded is recorded as
 failed with its reason while the pool keeps serving.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -28,6 +31,44 @@ NAMESPACE = "raydr"
 
 def pool_name(run_name: str) -> str:
     return f"raydr-validation-pool-{run_name}"
+
+
+@dataclass
+class _Job:
+    """One unit of pool work: validate a checkpoint, rebuild a trial's mining index, or both."""
+
+    trial: str
+    step: int
+    path: str
+    validate: bool = True
+    mine: str | None = None  # "refresh" | "nystrom" | None
+
+
+@dataclass
+class _Mining:
+    """One trial's dynamic-negatives state. Publishing replaces a (step, ObjectRef) pair in one
+    assignment: an object in Ray's store is immutable, so a reader holds the old index or the
+    new one, never a mix."""
+
+    settings: dict[str, Any]  # the trial's training.mining
+    planned: int = 0  # step of the newest refresh queued (0: the initial model's)
+    base: tuple[int, Any] | None = None  # the newest full refresh: what Nyström corrects
+    published: tuple[int, Any] | None = None  # the newest index, refreshed or corrected
+
+    def plan(self, step: int) -> str | None:
+        """What a checkpoint at ``step`` does for mining: a full refresh once ``refresh_every``
+        steps have passed since the last one, else a Nyström correction (if landmarks)."""
+        if step - self.planned >= self.settings["refresh_every"]:
+            self.planned = step
+            return "refresh"
+        return "nystrom" if self.settings.get("landmarks") else None
+
+    def publish(self, step: int, ref, kind: str) -> None:
+        # Out-of-order finishes (two validators) never replace a newer index with an older one.
+        if kind == "refresh" and (self.base is None or step > self.base[0]):
+            self.base = (step, ref)
+        if self.published is None or step > self.published[0]:
+            self.published = (step, ref)
 
 
 @ray.remote(num_cpus=0)
@@ -53,6 +94,7 @@ class ValidationPool:
         self._started = False
         self._inflight: set[tuple[str, int]] = set()
         self._attempts: dict[tuple[str, int], int] = {}
+        self._mining: dict[str, _Mining] = {}
 
     async def _start(self) -> None:
         if self._started:
@@ -64,7 +106,7 @@ class ValidationPool:
             self._free.put_nowait(actor)
         # Work owed from before a restart: intake rows with no outcome yet.
         for row in self.ledger.pending():
-            self._jobs.put_nowait((row["trial"], int(row["step"]), row["checkpoint"]))
+            self._jobs.put_nowait(_Job(row["trial"], int(row["step"]), row["checkpoint"]))
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
 
     async def submit(self, trial: str, step: int, path: str) -> bool:
@@ -74,51 +116,84 @@ class ValidationPool:
         if key in self.ledger.state() or key in self._inflight:
             return False
         self.ledger.append(rows.pending(trial, step, path))
-        self._jobs.put_nowait((trial, int(step), path))
+        mining = self._mining.get(trial)
+        self._jobs.put_nowait(_Job(trial, int(step), path, mine=mining and mining.plan(int(step))))
         return True
+
+    async def published(
+        self, trial: str, have_step: int, settings: dict[str, Any], model: str
+    ) -> list | None:
+        """The trial's newest mining index as ``[step, ObjectRef]`` if newer than ``have_step``,
+        else None. The first call registers the trial and queues its initial index (from
+        ``model``, the model training starts from). Answers at once: never waits for work."""
+        await self._start()
+        state = self._mining.get(trial)
+        if state is None:
+            state = self._mining[trial] = _Mining(settings)
+            self._jobs.put_nowait(_Job(trial, 0, model, validate=False, mine="refresh"))
+        if state.published is None or state.published[0] <= have_step:
+            return None
+        return [state.published[0], state.published[1]]
 
     async def _dispatch(self) -> None:
         while True:
-            trial, step, path = await self._jobs.get()
+            job = await self._jobs.get()
             actor = await self._free.get()
-            self._inflight.add((trial, step))
-            asyncio.get_running_loop().create_task(self._run(actor, trial, step, path))
+            self._inflight.add((job.trial, job.step))
+            asyncio.get_running_loop().create_task(self._run(actor, job))
 
-    async def _run(self, actor, trial: str, step: int, path: str) -> None:
+    async def _run(self, actor, job: _Job) -> None:
+        trial, step, path = job.trial, job.step, job.path
         key = (trial, step)
         t0 = time.time()
+        mining = self._mining.get(trial) if job.mine else None
         try:
-            result = await actor.validate.remote(path, step)
-            self.ledger.append(
-                rows.done(
-                    trial,
-                    step,
-                    path,
-                    result,
-                    queued_to_done_s=time.time() - t0,
-                    attempts=self._attempts.get(key, 0) + 1,
-                )
+            base = mining.base[1] if mining and mining.base and job.mine == "nystrom" else None
+            metrics_ref, index_ref = actor.work.options(num_returns=2).remote(
+                path, step, job.mine, base, mining and mining.settings, job.validate
             )
+            result = await metrics_ref
+            if mining is not None:  # published before the row: a reader of the row finds it
+                mining.publish(step, index_ref, result["mining_kind"])
+            if job.validate:
+                self.ledger.append(
+                    rows.done(
+                        trial,
+                        step,
+                        path,
+                        result,
+                        queued_to_done_s=time.time() - t0,
+                        attempts=self._attempts.get(key, 0) + 1,
+                    )
+                )
         except ray.exceptions.RayActorError as exc:
             attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
             if attempts <= self.cfg.validation.max_retries:
                 log.warning(
                     "validator died on %s step %d; re-doing (attempt %d)", trial, step, attempts
                 )
-                self._jobs.put_nowait((trial, step, path))
-            else:
+                self._jobs.put_nowait(job)  # training keeps the previous index meanwhile
+            elif job.validate:
                 self._record_failure(trial, step, path, f"validator died {attempts} times: {exc}")
+            else:
+                log.error(
+                    "mining index of %s step %d lost: validator died %d times", *key, attempts
+                )
             await self._revive(actor)
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
             reason = (
                 str(cause) if isinstance(cause, RaydrError) else f"{type(cause).__name__}: {cause}"
             )
-            self._record_failure(trial, step, path, reason)
+            if job.validate:
+                self._record_failure(trial, step, path, reason)
+            else:
+                log.error("mining index of %s step %d failed: %s", trial, step, reason)
         except Exception as exc:  # e.g. an OSError appending the done row: never stay pending
             log.exception("validation of %s step %d failed outside the validator", trial, step)
             try:
-                self._record_failure(trial, step, path, f"{type(exc).__name__}: {exc}")
+                if job.validate:
+                    self._record_failure(trial, step, path, f"{type(exc).__name__}: {exc}")
             except Exception:  # the ledger itself is unwritable: a restarted pool redoes it
                 log.exception("cannot record the failure of %s step %d", trial, step)
         finally:

@@ -2,17 +2,35 @@
 
 One instance lives in one Ray actor (or, for inline validation, in training's rank 0).
 Start-up (load data, tokenise the subset) happens once; each checkpoint then costs only: load
-weights, encode, index, retrieve, score.
+weights, encode, index, retrieve, score. With dynamic negatives the same actor also rebuilds the
+training corpus's mining index from the checkpoint, and one encode serves both jobs.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from raydr.config import RaydrConfig
+from raydr.config import MiningConfig, RaydrConfig
+
+if TYPE_CHECKING:
+    from raydr.mining.dynamic import Snapshot
+
+MineKind = str  # "refresh" | "nystrom"
+
+
+@dataclass(frozen=True)
+class _MiningData:
+    """The training corpus and queries as token ids, and where the validation subset sits."""
+
+    doc_ids: list[str]
+    docs: list[np.ndarray]
+    query_ids: list[str]
+    queries: list[np.ndarray]
+    subset: np.ndarray  # (S,) corpus positions of the validation subset's docs
 
 
 class Validator:
@@ -29,6 +47,7 @@ class Validator:
         split = load_split(self.cfg.data.path, vcfg.split).limit_queries(vcfg.max_queries)
         self.split = split.restrict(subset) if subset is not None else split
         self._tokens: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        self._mining: dict[str, _MiningData] = {}
 
     def _tokenized(self, retriever) -> tuple[list[np.ndarray], list[np.ndarray]]:
         # Cache per vocabulary: every checkpoint of a run shares one tokenizer, so the subset is
@@ -61,6 +80,24 @@ class Validator:
 
         Raises RaydrError when the checkpoint cannot be loaded (recorded as failed upstream).
         """
+        return self.work(path, step)[0]
+
+    def work(
+        self,
+        path: str,
+        step: int,
+        mine: MineKind | None = None,
+        base: Snapshot | None = None,
+        mining: dict[str, Any] | None = None,
+        validate: bool = True,
+    ) -> tuple[dict[str, Any], Snapshot | None]:
+        """Validate the checkpoint and/or rebuild the mining index from it, sharing the encode.
+
+        ``mine``: "refresh" encodes the whole training corpus once; validation takes its subset's
+        rows from that encode. "nystrom" encodes only the validation subset plus whatever
+        landmarks lie outside it, and corrects ``base`` (the last refresh) through them.
+        ``mining``: the trial's ``training.mining`` settings. → (flat metrics dict, the new
+        index or None)."""
         from raydr.retrieval.dense import search_and_score
 
         t0, started_at = time.perf_counter(), time.time()
@@ -68,7 +105,16 @@ class Validator:
         docs, queries = self._tokenized(retriever)
         t_load = time.perf_counter()
         bs = self.cfg.validation.batch_size
-        doc_emb = retriever.embed_ids(docs, "passages", batch_size=bs)
+        out: dict[str, Any] = {}
+        snapshot = None
+        doc_emb = None
+        if mine is not None:
+            mcfg = MiningConfig.model_validate(mining or {})
+            doc_emb, snapshot, out = self._mine(retriever, step, mine, base, mcfg, validate)
+        elif validate:
+            doc_emb = retriever.embed_ids(docs, "passages", batch_size=bs)
+        if not validate:
+            return {**out, "checkpoint_step": step, "node_id": _node_id()}, snapshot
         query_emb = retriever.embed_ids(queries, "queries", batch_size=bs)
         t_enc = time.perf_counter()
         metrics, run = search_and_score(
@@ -82,6 +128,7 @@ class Validator:
             "checkpoint_step": step,
             "subset_size": len(self.split.doc_ids),
             "num_queries": len(self.split.query_ids),
+            "passages_encoded": out.get("mining_passages_encoded", len(docs)),
             "load_s": t_load - t0,
             "encode_s": t_enc - t_load,
             "search_s": t_end - t_enc,
@@ -89,7 +136,83 @@ class Validator:
             "node_id": _node_id(),  # where it ran: placement is checkable from the ledger
             "started_at": started_at,
             "finished_at": time.time(),
-        }
+            **out,
+        }, snapshot
+
+    def _mining_data(self, retriever) -> _MiningData:
+        """The training corpus and queries, tokenised once per vocabulary."""
+        key = "mining:" + retriever.tokenizer_fingerprint()
+        if key not in self._mining:
+            from raydr.data.groups import build_rows
+            from raydr.data.tables import load_corpus
+            from raydr.data.text import passage_texts
+
+            corpus = load_corpus(self.cfg.data.path)
+            doc_ids = corpus.column("doc_id").to_pylist()
+            rows = build_rows(self.cfg.data.path, self.cfg.training.split)
+            where = {d: i for i, d in enumerate(doc_ids)}
+            self._mining[key] = _MiningData(
+                doc_ids=doc_ids,
+                docs=retriever.tokenize(passage_texts(corpus), "passages"),
+                query_ids=[r.query_id for r in rows],
+                queries=retriever.tokenize([r.query for r in rows], "queries"),
+                subset=np.array([where[d] for d in self.split.doc_ids], dtype=np.int64),
+            )
+        return self._mining[key]
+
+    def _mine(self, retriever, step, mine, base, mcfg, validate):
+        """→ (the validation subset's doc embeddings or None, the new index, ledger fields)."""
+        from raydr.mining import dynamic
+
+        t0 = time.perf_counter()
+        data = self._mining_data(retriever)
+        bs = self.cfg.validation.batch_size
+        docs, _ = self._tokenized(retriever)
+        query_emb = retriever.embed_ids(data.queries, "queries", batch_size=bs)
+        if mine == "refresh" or base is None:
+            corpus = retriever.embed_ids(data.docs, "passages", batch_size=bs)
+            n_clusters = mcfg.clusters or dynamic.default_clusters(len(data.doc_ids))
+            snapshot = dynamic.refresh(
+                step, data.doc_ids, corpus, data.query_ids, query_emb, n_clusters, self.cfg.seed
+            )
+            doc_emb = corpus[data.subset] if validate else None  # one encode serves both
+            encoded, mine = len(data.doc_ids), "refresh"
+        else:
+            doc_emb = retriever.embed_ids(docs, "passages", batch_size=bs) if validate else None
+            prefer = data.subset if validate else ()
+            marks = dynamic.pick_landmarks(
+                len(data.doc_ids), mcfg.landmarks, self.cfg.seed + base.base_step, prefer
+            )
+            fresh = np.empty((len(marks), query_emb.shape[1]), dtype=np.float32)
+            # Landmarks inside the validation subset were just encoded: reuse those rows.
+            in_subset = {int(p): i for i, p in enumerate(data.subset)} if validate else {}
+            outside = [i for i, p in enumerate(marks) if int(p) not in in_subset]
+            for i, p in enumerate(marks):
+                if int(p) in in_subset:
+                    fresh[i] = doc_emb[in_subset[int(p)]]
+            if outside:
+                fresh[outside] = retriever.embed_ids(
+                    [data.docs[marks[i]] for i in outside], "passages", batch_size=bs
+                )
+            snapshot = dynamic.nystrom_update(
+                base, step, marks, fresh, query_emb, self.cfg.model.normalize, mcfg.ridge
+            )
+            encoded = (len(docs) if validate else 0) + len(outside)
+        return (
+            doc_emb,
+            snapshot,
+            {
+                "mining_kind": mine,
+                "mining_s": time.perf_counter() - t0,
+                "mining_passages_encoded": encoded,
+                "mining_queries_encoded": len(data.query_ids),
+                "mining_landmarks": mcfg.landmarks if mine == "nystrom" else 0,
+                "index_step": snapshot.step,
+                "index_base_step": snapshot.base_step,
+                "index_mb": snapshot.nbytes / 2**20,
+                "refresh_every": mcfg.refresh_every,
+            },
+        )
 
     def run_of_last(self) -> dict[str, dict[str, float]]:
         return self.last_run

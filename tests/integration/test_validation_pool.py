@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import ray
-import torch
-from conftest import tiny_tree
+from conftest import tiny_tree, write_checkpoint
 
 from raydr import config
 from raydr.errors import RaydrError
@@ -38,30 +37,6 @@ def _cfg(tmp_path: Path, dataset: Path, model: Path, **validation) -> config.Ray
     return config.build(tree, "test").with_absolute_paths()
 
 
-def _checkpoint(root: Path, model_dir: Path, step: int, cfg: config.RaydrConfig) -> Path:
-    """A real raydr checkpoint of the tiny model with step-dependent weights."""
-    from transformers import AutoTokenizer
-
-    from raydr.model.encoder import DualEncoder
-    from raydr.training import checkpoint
-
-    model = DualEncoder.from_config(cfg.model)
-    torch.manual_seed(step)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = root / checkpoint.dir_name(step)
-    checkpoint.write(
-        path,
-        model,
-        AutoTokenizer.from_pretrained(model_dir),
-        cfg.model_dump(mode="json"),
-        step=step,
-        epoch=0,
-    )
-    return path
-
-
 def _wait(pool, timeout: float = 120) -> None:
     from raydr.validation.pool import wait_idle
 
@@ -76,7 +51,7 @@ def test_two_checkpoints_validated_concurrently_and_match_evaluate(
     from raydr.validation.sampling import read_subset, subset_path
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir)
-    ckpts = [_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (10, 20)]
+    ckpts = [write_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (10, 20)]
     pool = start_pool(cfg)
     # Warm both actors first so the timing below measures validation, not start-up.
     ray.get([a.warm.remote() for a in ray.get(pool.actor_handles.remote())])
@@ -109,7 +84,7 @@ def test_actor_killed_mid_validation_is_redone_exactly_once(
     from raydr.validation.pool import start_pool
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1, sampling={"strategy": "full"})
-    ckpt = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 5, cfg)
+    ckpt = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 5, cfg)
     pool = start_pool(cfg)
     (actor,) = ray.get(pool.actor_handles.remote())
     ray.get(actor.warm.remote())
@@ -133,7 +108,7 @@ def test_a_wait_that_times_out_names_the_checkpoints_still_owed(
     from raydr.validation.pool import start_pool, wait_idle
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1)
-    ckpt = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 7, cfg)
+    ckpt = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 7, cfg)
     pool = start_pool(cfg)
     ray.get(pool.submit.remote("t", 7, str(ckpt)))
     with pytest.raises(RaydrError, match=r"did not finish within 0\.01 s; still owed: t step 7"):
@@ -150,12 +125,12 @@ def test_unloadable_checkpoint_fails_with_reason_and_pool_keeps_serving(
     from raydr.validation.pool import start_pool
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir)
-    bad = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 1, cfg)
+    bad = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 1, cfg)
     weights = bad / "model.safetensors"
     weights.write_bytes(b"\0" * weights.stat().st_size)  # damaged, at its listed size
-    short = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 3, cfg)
+    short = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 3, cfg)
     (short / "model.safetensors").write_bytes(b"truncated")
-    good = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 2, cfg)
+    good = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 2, cfg)
     pool = start_pool(cfg)
     for step, ckpt in ((1, bad), (3, short), (2, good)):
         ray.get(pool.submit.remote("t", step, str(ckpt)))
@@ -177,7 +152,7 @@ def test_ledger_survives_pool_restart_and_owed_work_is_done(
     from raydr.validation.pool import start_pool
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir)
-    c1, c2 = (_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (1, 2))
+    c1, c2 = (write_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (1, 2))
     pool = start_pool(cfg)
     ray.get(pool.submit.remote("t", 1, str(c1)))
     _wait(pool)
@@ -202,7 +177,7 @@ def test_a_ledger_write_that_fails_leaves_the_pool_serving_and_the_checkpoint_ow
     from raydr.validation.pool import start_pool
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1)
-    ckpt = _checkpoint(tmp_path / "ckpts", tiny_model_dir, 7, cfg)
+    ckpt = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 7, cfg)
     ledger = Ledger.for_run(cfg)
     pool = start_pool(cfg)
     assert ray.get(pool.submit.remote("t", 7, str(ckpt)))  # the pending row is written

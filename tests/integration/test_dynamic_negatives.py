@@ -1,0 +1,227 @@
+"""Dynamic negatives on a real local Ray: the pool refreshes and Nyström-corrects the mining
+index from checkpoints, one encode serving validation too; workers take the newest index
+without ever waiting for it; a refresh whose actor dies is redone."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from conftest import tiny_tree, write_checkpoint
+
+from raydr import config
+
+pytestmark = pytest.mark.ray
+
+DELAYS: Path | None = None  # JSON {"refresh": s, "any": s}: how long validator jobs sleep first
+
+
+def _slow_validators() -> None:
+    """Ray worker setup hook: make ``Validator.work`` sleep first, as long as the test's delay
+    file says (fault injection: the encoder and index code stay real)."""
+    import json
+    import time as _time
+
+    from raydr.validation.validator import Validator
+
+    if getattr(Validator.work, "slowed", False):
+        return
+    real, delays = Validator.work, DELAYS
+
+    def work(self, path, step, mine=None, *args, **kwargs):
+        wait = json.loads(delays.read_text())
+        _time.sleep(wait.get("any", 0) + (wait.get("refresh", 0) if mine == "refresh" else 0))
+        return real(self, path, step, mine, *args, **kwargs)
+
+    work.slowed = True
+    Validator.work = work
+
+
+def _delay(**seconds: float) -> None:
+    DELAYS.write_text(__import__("json").dumps(seconds))
+
+
+@pytest.fixture(scope="module")
+def slow_ray(tmp_path_factory):
+    global DELAYS
+    DELAYS = tmp_path_factory.mktemp("delays") / "delays.json"
+    _delay()
+    # The hook travels by value (with DELAYS): workers cannot import this test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        object_store_memory=150 * 1024**2,
+        include_dashboard=False,
+        runtime_env={"worker_process_setup_hook": _slow_validators},
+    )
+    yield
+    ray.shutdown()
+
+
+def _tree(tmp_path: Path, dataset: Path, model: Path, **mining) -> dict:
+    return {
+        **tiny_tree(f"dyn-{tmp_path.name}", tmp_path, dataset, model),
+        "training": {
+            "split": "test",
+            "group_size": 3,
+            "batch_size": 1,
+            "epochs": 8,
+            "checkpoint_every": 10,
+            "num_workers": 1,
+            "warmup_ratio": 0.0,
+            "storage_path": str(tmp_path / "storage"),
+            "mining": {
+                "source": "dynamic",
+                "refresh_every": 20,
+                "landmarks": 8,
+                "depth": 6,
+                "poll_s": 0.1,
+                **mining,
+            },
+        },
+        "validation": {
+            "num_actors": 1,
+            "num_cpus": 0,
+            "num_gpus": 0.25,
+            "sampling": {"strategy": "random", "size": 10, "seed": 3},
+        },
+    }
+
+
+def _cfg(tree: dict) -> config.RaydrConfig:
+    return config.build(tree, "test").with_absolute_paths()
+
+
+def _published(pool, trial: str, cfg, have: int = -1):
+    settings = cfg.training.mining.model_dump(mode="json")
+    return ray.get(pool.published.remote(trial, have, settings, cfg.model.name))
+
+
+def _wait_index(pool, trial: str, cfg, step: int, timeout: float = 120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        answer = _published(pool, trial, cfg, step - 1)
+        if answer is not None and answer[0] >= step:
+            snap = ray.get(answer[1])
+            assert snap.step == answer[0]  # the pair is one publication, never a mix
+            return snap
+        time.sleep(0.05)
+    raise AssertionError(f"no index of step {step} within {timeout} s")
+
+
+def test_refresh_and_nystrom_share_the_validation_encode_and_publish_atomically(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.client import PoolNegatives
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool, wait_idle
+    from raydr.validation.sampling import read_subset, subset_path
+    from raydr.validation.validator import Validator
+
+    _delay(any=1.0)
+    cfg = _cfg(_tree(tmp_path, tiny_dataset, tiny_model_dir))
+    pool = start_pool(cfg)
+    ray.get([a.warm.remote() for a in ray.get(pool.actor_handles.remote())])
+    assert _published(pool, "t", cfg) is None  # registers the trial: initial index queued
+    first = _wait_index(pool, "t", cfg, 0)
+    assert (first.kind, first.step, len(first.doc_ids)) == ("refresh", 0, 40)
+
+    ckpts = {s: write_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (10, 20)}
+    ray.get(pool.submit.remote("t", 10, str(ckpts[10])))  # 10 < refresh_every: Nyström
+    nystrom = _wait_index(pool, "t", cfg, 10)
+    assert (nystrom.kind, nystrom.base_step) == ("nystrom", 0)
+    ray.get(pool.submit.remote("t", 20, str(ckpts[20])))  # 20 steps on: a full refresh
+    refreshed = _wait_index(pool, "t", cfg, 20)
+    assert (refreshed.kind, refreshed.base_step) == ("refresh", 20)
+    assert wait_idle(pool, timeout_s=120, poll_s=0.1)
+
+    done = {r["step"]: r for r in Ledger.for_run(cfg).results("t")}
+    subset = done[10]["metrics"]["subset_size"]
+    # One encode per checkpoint: the refresh's corpus encode served validation too ...
+    assert done[20]["metrics"]["passages_encoded"] == 40
+    assert done[20]["metrics"]["mining_kind"] == "refresh"
+    # ... and the Nyström landmarks came from the validation subset: no extra passages.
+    assert done[10]["metrics"]["passages_encoded"] == subset
+    assert done[10]["metrics"]["mining_landmarks"] == 8
+    # The shared encode scores exactly what a plain validation of the checkpoint scores.
+    alone = Validator(cfg.model_dump(mode="json"), read_subset(subset_path(cfg)))
+    plain = alone.validate(str(ckpts[20]), 20)
+    for name in cfg.eval.metrics:
+        assert done[20]["metrics"][name] == pytest.approx(plain[name], abs=1e-6)
+
+    # A worker's view: polls return at once, the index arrives on a later poll.
+    source = PoolNegatives.for_run(cfg, _pool_name(cfg), "t")
+    t0 = time.perf_counter()
+    while source._index is None:
+        source.poll()
+        time.sleep(0.01)
+        assert time.perf_counter() - t0 < 30
+    assert source.describe(25)["index_step"] == 20
+    assert source.describe(25)["staleness_steps"] == 5
+    judged = {"bio-0", "bio-1", "q0"}
+    drawn = source.draw("q0", judged, 2, np.random.default_rng(0))
+    assert len(set(drawn)) == 2 and not set(drawn) & judged
+    ray.get(pool.close.remote())
+    ray.kill(pool)
+
+
+def _pool_name(cfg) -> str:
+    from raydr.validation.pool import pool_name
+
+    return pool_name(cfg.name)
+
+
+def test_a_slow_refresh_never_slows_training_and_every_checkpoint_is_still_validated(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.client import train
+
+    refresh_s = 15.0
+    _delay(refresh=refresh_s)  # the initial index and the step-20 and step-40 refreshes
+    cfg = _cfg(_tree(tmp_path, tiny_dataset, tiny_model_dir))
+    result, done = train(cfg)
+    m = result.metrics
+    assert m["step"] == 40
+    # Had a step waited for any refresh, the loop would have taken at least refresh_s.
+    assert m["elapsed_s"] < refresh_s
+    assert m["negatives_source"] == "fallback" and m["index_step"] == -1  # none had landed
+    kinds = {r["step"]: r["metrics"]["mining_kind"] for r in done}
+    assert kinds == {10: "nystrom", 20: "refresh", 30: "nystrom", 40: "refresh"}
+    assert all(r["status"] == "done" for r in done)
+
+
+def test_training_draws_from_the_published_index_and_reports_its_staleness(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.training.loop import train_loop_per_worker
+    from raydr.validation.client import train
+
+    _delay()
+    cfg = _cfg(_tree(tmp_path, tiny_dataset, tiny_model_dir, sampling="softmax"))
+    name = _pool_name(cfg)
+
+    def after_the_first_index(loop_config):
+        # Test orchestration: start stepping only once the initial index is out, so the run
+        # is certain to train on dynamic negatives.
+        ctx = loop_config["ctx"]
+        handle = ray.get_actor(name, namespace="raydr")
+        settings = ctx.cfg.training.mining.model_dump(mode="json")
+        deadline = time.time() + 120
+        while (
+            ray.get(handle.published.remote(ctx.cfg.name, -1, settings, ctx.cfg.model.name)) is None
+        ):
+            assert time.time() < deadline, "no initial index"
+            time.sleep(0.1)
+        train_loop_per_worker(loop_config)
+
+    result, done = train(cfg, loop=after_the_first_index)
+    m = result.metrics
+    assert m["negatives_source"] == "dynamic"
+    assert m["index_step"] in {0, 10, 20, 30}  # published before the last step
+    assert m["staleness_steps"] == 40 - m["index_step"]
+    assert len(done) == 4

@@ -1,0 +1,239 @@
+"""Dynamic negatives: the Nyström correction, the cluster bounds, exact top-k and exact softmax
+sampling over a published snapshot (``raydr.mining.dynamic``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from raydr.errors import RaydrError
+from raydr.mining.dynamic import (
+    NegativeIndex,
+    NystromMap,
+    nystrom_update,
+    pick_landmarks,
+    refresh,
+)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _blobs(n: int, dim: int, centres: int, spread: float, seed: int) -> np.ndarray:
+    """Unit vectors around ``centres`` random directions: what trained encoders' docs look like."""
+    rng = np.random.default_rng(seed)
+    mu = _unit(rng.normal(size=(centres, dim)))
+    return _unit(mu[rng.integers(centres, size=n)] + spread * rng.normal(size=(n, dim)))
+
+
+def _snapshot(docs: np.ndarray, queries: np.ndarray, clusters: int):
+    return refresh(
+        10,
+        [f"d{i}" for i in range(len(docs))],
+        docs,
+        [f"q{i}" for i in range(len(queries))],
+        queries,
+        clusters,
+    )
+
+
+# ------------------------------------------------------------------------------------ Nyström
+
+
+@pytest.mark.parametrize("extra", [0, 5])
+def test_nystrom_is_exact_when_the_update_is_truly_low_rank(extra: int) -> None:
+    # Docs in an r-dimensional subspace of D, and an update that is a linear map: k >= r
+    # landmarks pin the map down on the whole subspace, so every doc is corrected exactly.
+    rng = np.random.default_rng(0)
+    n, dim, r = 400, 32, 6
+    stale = rng.normal(size=(n, r)) @ rng.normal(size=(r, dim))
+    fresh = stale @ (np.eye(dim) + 0.5 * rng.normal(size=(dim, dim)))
+    marks = pick_landmarks(n, r + extra, seed=1)
+    corrected = NystromMap(stale[marks], fresh[marks], ridge=0).apply(stale, normalize=False)
+    np.testing.assert_allclose(corrected, fresh, rtol=1e-4, atol=1e-4)
+
+
+def test_nystrom_with_too_few_landmarks_is_not_exact_but_beats_stale() -> None:
+    # The negative control: r - 2 landmarks cannot pin down an r-dimensional map.
+    rng = np.random.default_rng(0)
+    n, dim, r = 400, 32, 6
+    stale = rng.normal(size=(n, r)) @ rng.normal(size=(r, dim))
+    fresh = stale @ (np.eye(dim) + 0.5 * rng.normal(size=(dim, dim)))
+    marks = pick_landmarks(n, r - 2, seed=1)
+    corrected = NystromMap(stale[marks], fresh[marks], ridge=0).apply(stale, normalize=False)
+    err = np.linalg.norm(corrected - fresh) / np.linalg.norm(fresh)
+    assert err > 1e-2
+    assert err < np.linalg.norm(stale - fresh) / np.linalg.norm(fresh)
+
+
+@pytest.mark.parametrize("k", [16, 64, 256])
+def test_regularised_nystrom_beats_stale_on_a_full_rank_nonlinear_update(k: int) -> None:
+    # Full-rank docs, an update with a nonlinearity: no map is exact. The default ridge keeps
+    # the correction better than stale at every landmark count, k = D (64) included, where
+    # the exact solve interpolates the landmarks' noise.
+    rng = np.random.default_rng(5)
+    stale = _blobs(2000, 64, 20, 0.3, seed=5)
+    fresh = _unit(np.tanh(stale @ (np.eye(64) + rng.normal(size=(64, 64)) / 8)) * 2)
+    fresh = _unit(fresh + 0.05 * rng.normal(size=fresh.shape))
+    marks = pick_landmarks(len(stale), k, seed=0)
+    rest = np.setdiff1d(np.arange(len(stale)), marks)
+
+    def cosine(a: np.ndarray) -> float:
+        return float(np.mean(np.sum(_unit(a) * fresh[rest], axis=1)))
+
+    corrected = NystromMap(stale[marks], fresh[marks]).apply(stale[rest], normalize=True)
+    assert cosine(corrected) > cosine(stale[rest]) + 0.04
+    if k == 64:  # why the ridge: the exact solve at k = D falls far below stale
+        exact = NystromMap(stale[marks], fresh[marks], ridge=0).apply(stale[rest], True)
+        assert cosine(exact) < cosine(stale[rest]) - 0.1
+
+
+def test_nystrom_update_keeps_the_assignment_and_bounds_hold_for_the_corrected_docs() -> None:
+    rng = np.random.default_rng(3)
+    docs = _blobs(300, 16, 5, 0.3, seed=3)
+    queries = _unit(rng.normal(size=(20, 16)))
+    base = _snapshot(docs, queries, 8)
+    moved = _unit(docs @ (np.eye(16) + 0.3 * rng.normal(size=(16, 16))))
+    marks = pick_landmarks(len(docs), 64, seed=0)
+    snap = nystrom_update(base, 20, marks, moved[marks], queries, normalize=True)
+    assert (snap.step, snap.base_step, snap.kind) == (20, 10, "nystrom")
+    np.testing.assert_array_equal(snap.clusters.assign, base.clusters.assign)
+    np.testing.assert_allclose(snap.doc_emb[marks], moved[marks])  # landmarks are exact
+    np.testing.assert_allclose(np.linalg.norm(snap.doc_emb, axis=1), 1.0, atol=1e-5)
+    assert base.doc_emb is docs or not np.shares_memory(base.doc_emb, snap.doc_emb)
+    c = snap.clusters
+    for q in queries:  # no doc scores above its cluster's bound
+        bound = c.centroids @ q + np.linalg.norm(q) * c.radius
+        assert np.all(snap.doc_emb @ q <= bound[c.assign] + 1e-6)
+
+
+def test_landmarks_prefer_the_validation_subset_and_refuse_more_than_the_corpus() -> None:
+    subset = [3, 5, 8, 13, 21, 34]
+    assert set(pick_landmarks(100, 4, seed=0, prefer=subset)) <= set(subset)
+    both = set(pick_landmarks(100, 10, seed=0, prefer=subset))
+    assert set(subset) <= both and len(both) == 10
+    with pytest.raises(RaydrError, match=r"landmarks=101 is larger than the training corpus"):
+        pick_landmarks(100, 101, seed=0)
+
+
+# ------------------------------------------------------------------------ top-k and sampling
+
+
+def test_top_is_the_exact_top_k_without_judged_docs_and_prunes_clusters() -> None:
+    rng = np.random.default_rng(1)
+    docs = _blobs(2000, 24, 40, 0.05, seed=1)
+    # Queries near docs (few clusters matter) and between blobs (the bounds are close calls).
+    near = docs[rng.integers(2000, size=25)] + 0.05 * rng.normal(size=(25, 24))
+    queries = _unit(np.concatenate([near, rng.normal(size=(25, 24))]))
+    index = NegativeIndex(_snapshot(docs, queries, 45))
+    for i, q in enumerate(queries):
+        judged = {f"d{int(np.argmax(docs @ q))}"}
+        got = index.top(f"q{i}", 10, exclude=judged)
+        scores = docs @ q
+        want = [f"d{j}" for j in np.argsort(-scores, kind="stable") if f"d{j}" not in judged][:10]
+        assert got == want
+    assert index.scored < 0.5 * len(queries) * len(docs)  # the bounds skipped most clusters
+
+
+@pytest.mark.parametrize("slack", [0.05, 1e9])
+def test_sampler_frequencies_match_the_softmax(slack: float) -> None:
+    # A small exact case: 60 docs, 6 clusters. slack=1e9 stops probing after the first cluster,
+    # so the rejection branch (unprobed clusters under their bounds) does most of the drawing;
+    # both must be exact.
+    rng = np.random.default_rng(7)
+    docs = _blobs(60, 8, 4, 0.4, seed=7)
+    queries = _unit(rng.normal(size=(1, 8)))
+    index = NegativeIndex(_snapshot(docs, queries, 6))
+    tau, judged = 0.3, {"d0", "d1", "d2"}
+    draws = np.random.default_rng(123)
+    counts = np.zeros(len(docs))
+    trials = 12000
+    for _ in range(trials):
+        counts[int(index.sample("q0", 1, tau, draws, judged, slack)[0][1:])] += 1
+    allowed = np.array([f"d{i}" not in judged for i in range(len(docs))])
+    assert counts[~allowed].sum() == 0
+
+    def expected(t: float) -> np.ndarray:
+        logits = (docs @ queries[0]).astype(np.float64) / t
+        p = np.exp(logits - logits.max()) * allowed
+        return trials * p[allowed] / p.sum()
+
+    assert chisquare(counts[allowed], expected(tau)).pvalue > 1e-3
+    # The test has power: the same counts clearly reject a softmax at another temperature.
+    assert chisquare(counts[allowed], expected(tau * 1.5)).pvalue < 1e-6
+
+
+def test_sample_draws_distinct_unjudged_docs_and_refuses_impossible_counts() -> None:
+    docs = _blobs(30, 8, 3, 0.3, seed=2)
+    index = NegativeIndex(_snapshot(docs, docs[:2], 4))
+    rng = np.random.default_rng(0)
+    judged = {f"d{i}" for i in range(10)}
+    got = index.sample("q0", 20, 0.05, rng, exclude=judged)
+    assert len(set(got)) == 20 and not set(got) & judged
+    with pytest.raises(RaydrError, match="21 negatives asked for, but only 20 unjudged"):
+        index.sample("q0", 21, 0.05, rng, exclude=judged)
+
+
+# -------------------------------------------------------------------------------- bad input
+
+
+def _dynamic_tree(tmp_path, dataset, model, **mining) -> dict:
+    from conftest import tiny_tree
+
+    return {
+        **tiny_tree("dyn", tmp_path, dataset, model),
+        "training": {
+            "split": "test",
+            "group_size": 2,
+            "batch_size": 1,
+            "num_workers": 1,
+            "mining": {"source": "dynamic", **mining},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"training.mining.refresh_every": 0},
+            r"training\.mining\.refresh_every: .*greater than 0",
+        ),
+        (
+            {"training.mining.refresh_every": -5},
+            r"training\.mining\.refresh_every: .*greater than 0",
+        ),
+        ({"validation.enabled": False}, r"mining\.source 'dynamic' needs the validator pool"),
+        ({"validation.mode": "inline"}, r"mining\.source 'dynamic' needs the validator pool"),
+        ({"training.group_size": 1}, r"mining\.source 'dynamic' .* needs group_size >= 2"),
+        (
+            {"training.group_size": 4, "training.mining.depth": 2},
+            r"mining\.depth=2 is smaller than the 3 negatives per query",
+        ),
+    ],
+)
+def test_bad_mining_config_is_one_error_naming_the_field(
+    tmp_path, tiny_dataset, tiny_model_dir, change: dict, message: str
+) -> None:
+    from raydr import config
+
+    tree = _dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir)
+    for dotted, value in change.items():
+        config._set_dotted(tree, dotted, value, "test")
+    with pytest.raises(RaydrError, match=message):
+        config.build(tree, "job.yaml")
+
+
+def test_more_landmarks_than_corpus_docs_is_refused_before_training(
+    tmp_path, tiny_dataset, tiny_model_dir
+) -> None:
+    from raydr import config
+    from raydr.training.trainer import preflight
+
+    ok = config.build(_dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir, landmarks=40), "t")
+    preflight(ok)  # 40 docs: exactly the corpus is fine, and no BM25 table is needed
+    bad = config.build(_dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir, landmarks=41), "t")
+    with pytest.raises(RaydrError, match=r"landmarks=41 is larger than the training corpus \(40"):
+        preflight(bad)
