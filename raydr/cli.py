@@ -372,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     losses_args(p)
     p.set_defaults(func=losses_main)
+
+    from raydr.bench.mining import add_arguments as mining_args
+    from raydr.bench.mining import main as mining_main
+
+    p = benches.add_parser(
+        "mining", help="dynamic negatives: freshness vs the current model, Nyström fidelity, cost"
+    )
+    mining_args(p)
+    p.set_defaults(func=mining_main)
     return parser
 
 

@@ -44,6 +44,23 @@ ARMS: dict[str, list[str]] = {
         "training.loss.in_batch=true",
         "training.group_size=2",
     ],
+    # Dynamic negatives (the validator pool refreshes the index every 20 steps and Nyström-
+    # corrects it at the checkpoints between); the BM25 table bridges until the first index.
+    "cross-batch+dynamic": [
+        "training.cross_batch=true",
+        "training.group_size=2",
+        "training.mining.source=dynamic",
+        "training.mining.refresh_every=20",
+        "training.mining.landmarks=256",
+    ],
+    "cross-batch+dynamic+softmax": [
+        "training.cross_batch=true",
+        "training.group_size=2",
+        "training.mining.source=dynamic",
+        "training.mining.refresh_every=20",
+        "training.mining.landmarks=256",
+        "training.mining.sampling=softmax",
+    ],
     "cross-batch+bm25+bank": [
         "training.cross_batch=true",
         "training.group_size=2",
@@ -164,6 +181,11 @@ def run_arm(arm: str, cfg) -> dict[str, Any]:
         "wall_s_with_validation": wall,
         "peak_rss_mb": m.get("peak_rss_mb"),
         "negatives_per_query": m["negatives_per_query"],
+        "negatives_source": m.get("negatives_source", "bm25"),
+        "index_step": m.get("index_step"),
+        "passages_encoded_by_validators": sum(
+            r["metrics"].get("passages_encoded", 0) for r in validated or []
+        ),
         "world_size": m["world_size"],
         "dev_curve": [(r["step"], r["metrics"][metric]) for r in validated or []],
     }
