@@ -147,13 +147,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 # logger (stderr), so the driver showed every print twice. Its worker logger
                 # sends a record once to the console (forwarded to the driver) and its log file.
                 log.info(
-                    "step %d/%d epoch %d loss %.4f lr %.2e %s",
+                    "step %d/%d epoch %d loss %.4f lr %.2e %s%s",
                     step,
                     total_steps,
                     epoch,
                     step_loss,
                     scheduler.get_last_lr()[0],
                     meter.eta(step - start_step, total_steps - step),
+                    _index_note(source, step),
                 )
             if step % tcfg.checkpoint_every == 0 or step == total_steps:
                 metrics = meter.metrics(step, epoch, scheduler, grad_norm, start_step, world)
@@ -184,6 +185,16 @@ def _seed(seed: int, rank: int, step: int = 0) -> None:
     random.seed(key)
     np.random.seed(key)
     torch.manual_seed(key)
+
+
+def _index_note(source, step: int) -> str:
+    """', negatives from the index of step 20 (5 steps stale)' for the progress line."""
+    if source is None:
+        return ""
+    info = source.describe(step)
+    if info["index_step"] < 0:
+        return ", negatives: static or random until the first index lands"
+    return f", negatives from the index of step {info['index_step']} ({info['staleness_steps']} steps stale)"
 
 
 def _dynamic_group(row, j: int, epoch: int, step: int, cfg, source, doc_index) -> list[str]:

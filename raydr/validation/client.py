@@ -71,6 +71,21 @@ class PoolNegatives:
         return cls(pool, trial, cfg.training.mining.model_dump(mode="json"), cfg.model.name)
 
     def poll(self) -> None:
+        import ray
+
+        try:
+            self._poll()
+        except (ray.exceptions.RayError, ValueError) as exc:
+            # The pool died or restarted (its objects die with it): keep training on the index
+            # held, or the fallback, and ask again later. Losing the pool must not stop training.
+            log.warning(
+                "dynamic negatives: cannot reach the pool's index (%s); keeping %s",
+                exc,
+                "the index held" if self._index is not None else "the fallback",
+            )
+            self._request = self._fetch = None
+
+    def _poll(self) -> None:
         import time
 
         import ray

@@ -168,6 +168,12 @@ def test_refresh_and_nystrom_share_the_validation_encode_and_publish_atomically(
     assert len(set(drawn)) == 2 and not set(drawn) & judged
     ray.get(pool.close.remote())
     ray.kill(pool)
+    # Losing the pool does not stop training: polls keep the index held.
+    for _ in range(3):
+        source._asked_at = -1e18  # ask now
+        source.poll()
+        time.sleep(0.2)
+    assert source.describe(30)["index_step"] == 20
 
 
 def _pool_name(cfg) -> str:
@@ -225,3 +231,37 @@ def test_training_draws_from_the_published_index_and_reports_its_staleness(
     assert m["index_step"] in {0, 10, 20, 30}  # published before the last step
     assert m["staleness_steps"] == 40 - m["index_step"]
     assert len(done) == 4
+
+
+def test_a_refresh_whose_actor_dies_is_redone_and_the_previous_index_serves_meanwhile(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool, wait_idle
+
+    _delay()
+    cfg = _cfg(_tree(tmp_path, tiny_dataset, tiny_model_dir))
+    pool = start_pool(cfg)
+    (actor,) = ray.get(pool.actor_handles.remote())
+    ray.get(actor.warm.remote())
+    _published(pool, "t", cfg)
+    assert _wait_index(pool, "t", cfg, 0).step == 0
+    _delay(refresh=5.0)  # the step-20 refresh is still running when its actor is killed
+    ckpt = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 20, cfg)
+    ray.get(pool.submit.remote("t", 20, str(ckpt)))
+    deadline = time.time() + 60
+    while not ray.get(pool.inflight.remote()) and time.time() < deadline:
+        time.sleep(0.01)
+    ray.kill(actor, no_restart=False)  # a real process kill mid-refresh; Ray restarts it
+    # While the refresh is redone, workers keep getting the previous index.
+    for _ in range(10):
+        answer = _published(pool, "t", cfg)
+        assert answer is not None and answer[0] == 0
+        time.sleep(0.1)
+    assert wait_idle(pool, timeout_s=120, poll_s=0.1)
+    snap = _wait_index(pool, "t", cfg, 20)
+    assert (snap.kind, snap.base_step) == ("refresh", 20)
+    (row,) = Ledger.for_run(cfg).results("t")
+    assert row["status"] == "done" and row["attempts"] == 2
+    assert row["metrics"]["mining_kind"] == "refresh"
+    ray.kill(pool)
