@@ -146,11 +146,16 @@ class ValidationPool:
         trial, step, path = job.trial, job.step, job.path
         key = (trial, step)
         t0 = time.time()
-        mining = self._mining.get(trial) if job.mine else None
+        mine = job.mine
+        mining = self._mining.get(trial) if mine else None
+        if mine == "nystrom" and (mining is None or mining.base is None):
+            # The first refresh is still running: nothing to correct yet, and a second full
+            # refresh here would double the start's cost (seen: 455 s on one CPU thread).
+            mine, mining = None, None
         try:
-            base = mining.base[1] if mining and mining.base and job.mine == "nystrom" else None
+            base = mining.base[1] if mine == "nystrom" else None
             metrics_ref, index_ref = actor.work.options(num_returns=2).remote(
-                path, step, job.mine, base, mining and mining.settings, job.validate
+                path, step, mine, base, mining and mining.settings, job.validate
             )
             result = await metrics_ref
             if mining is not None:  # published before the row: a reader of the row finds it

@@ -265,3 +265,26 @@ def test_a_refresh_whose_actor_dies_is_redone_and_the_previous_index_serves_mean
     assert row["status"] == "done" and row["attempts"] == 2
     assert row["metrics"]["mining_kind"] == "refresh"
     ray.kill(pool)
+
+
+def test_a_checkpoint_before_the_first_index_is_validated_without_a_second_refresh(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool, wait_idle
+
+    _delay(refresh=5.0)  # the initial index is slow; a second actor takes the checkpoint
+    tree = _tree(tmp_path, tiny_dataset, tiny_model_dir)
+    tree["validation"]["num_actors"] = 2
+    cfg = _cfg(tree)
+    pool = start_pool(cfg)
+    ray.get([a.warm.remote() for a in ray.get(pool.actor_handles.remote())])
+    _published(pool, "t", cfg)
+    ckpt = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 10, cfg)
+    ray.get(pool.submit.remote("t", 10, str(ckpt)))  # Nyström planned, but no base yet
+    assert wait_idle(pool, timeout_s=120, poll_s=0.1)
+    (row,) = Ledger.for_run(cfg).results("t")
+    assert "mining_kind" not in row["metrics"]  # validated only: the refresh was not doubled
+    assert row["metrics"]["passages_encoded"] == row["metrics"]["subset_size"]
+    assert _wait_index(pool, "t", cfg, 0).kind == "refresh"
+    ray.kill(pool)

@@ -237,3 +237,24 @@ def test_more_landmarks_than_corpus_docs_is_refused_before_training(
     bad = config.build(_dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir, landmarks=41), "t")
     with pytest.raises(RaydrError, match=r"landmarks=41 is larger than the training corpus \(40"):
         preflight(bad)
+
+
+def test_tune_searches_the_negative_source_and_checks_every_candidate(
+    tmp_path, tiny_dataset, tiny_model_dir
+) -> None:
+    from raydr import config
+    from raydr.tuning.space import parse_space
+
+    tree = _dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir)
+    tree["training"]["mining"]["source"] = "bm25"
+    tree["tune"] = {
+        "space": {
+            "training.mining.source": {"choice": ["bm25", "dynamic"]},
+            "training.mining.landmarks": {"grid": [0, 16]},
+            "training.mining.sampling": {"choice": ["topk", "softmax"]},
+        }
+    }
+    assert set(parse_space(config.build(tree, "t"))) == set(tree["tune"]["space"])
+    tree["validation"] = {"mode": "inline"}  # a dynamic candidate would have no pool
+    with pytest.raises(RaydrError, match=r"mining\.source: value 'dynamic' is not valid"):
+        parse_space(config.build(tree, "t"))
