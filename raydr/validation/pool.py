@@ -152,14 +152,15 @@ class ValidationPool:
             # The first refresh is still running: nothing to correct yet, and a second full
             # refresh here would double the start's cost (seen: 455 s on one CPU thread).
             mine, mining = None, None
+        written = False  # the checkpoint's closing row is in the ledger
         try:
             base = mining.base[1] if mine == "nystrom" else None
-            metrics_ref, index_ref = actor.work.options(num_returns=2).remote(
+            # Streamed: validation's metrics come first, so the row (and the metric Tune reads)
+            # never waits for the corpus encode; the new index follows.
+            stream = actor.stream.options(num_returns="streaming").remote(
                 path, step, mine, base, mining and mining.settings, job.validate
             )
-            result = await metrics_ref
-            if mining is not None:  # published before the row: a reader of the row finds it
-                mining.publish(step, index_ref, result["mining_kind"])
+            result = await (await stream.__anext__())
             if job.validate:
                 self.ledger.append(
                     rows.done(
@@ -171,8 +172,15 @@ class ValidationPool:
                         attempts=self._attempts.get(key, 0) + 1,
                     )
                 )
+                written = True
+            if mining is not None:
+                index_ref = await stream.__anext__()
+                index = await index_ref  # zero-copy; surfaces a failure of the mining part
+                mining.publish(step, index_ref, index.kind)
         except ray.exceptions.RayActorError as exc:
             attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
+            if written:  # validated already: only the index is owed
+                job = _Job(trial, step, path, validate=False, mine=job.mine)
             if attempts <= self.cfg.validation.max_retries:
                 log.warning(
                     "validator died on %s step %d; re-doing (attempt %d)", trial, step, attempts
@@ -190,14 +198,14 @@ class ValidationPool:
             reason = (
                 str(cause) if isinstance(cause, RaydrError) else f"{type(cause).__name__}: {cause}"
             )
-            if job.validate:
+            if job.validate and not written:
                 self._record_failure(trial, step, path, reason)
             else:
                 log.error("mining index of %s step %d failed: %s", trial, step, reason)
         except Exception as exc:  # e.g. an OSError appending the done row: never stay pending
             log.exception("validation of %s step %d failed outside the validator", trial, step)
             try:
-                if job.validate:
+                if job.validate and not written:
                     self._record_failure(trial, step, path, f"{type(exc).__name__}: {exc}")
             except Exception:  # the ledger itself is unwritable: a restarted pool redoes it
                 log.exception("cannot record the failure of %s step %d", trial, step)

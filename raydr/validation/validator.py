@@ -9,6 +9,7 @@ training corpus's mining index from the checkpoint, and one encode serves both j
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,62 +83,124 @@ class Validator:
         """
         return self.work(path, step)[0]
 
-    def work(
+    def work(self, path: str, step: int, **job: Any) -> tuple[dict[str, Any], Snapshot | None]:
+        """``stream`` (same arguments) run to the end. → (flat metrics dict, the new index or
+        None)."""
+        parts = self.stream(path, step, **job)
+        return next(parts), next(parts)
+
+    def stream(
         self,
         path: str,
         step: int,
-        mine: MineKind | None = None,
+        mine: str | None = None,
         base: Snapshot | None = None,
         mining: dict[str, Any] | None = None,
         validate: bool = True,
-    ) -> tuple[dict[str, Any], Snapshot | None]:
-        """Validate the checkpoint and/or rebuild the mining index from it, sharing the encode.
+    ) -> Iterator[Any]:
+        """Validate the checkpoint, then rebuild the mining index from it, sharing the encode.
 
-        ``mine``: "refresh" encodes the whole training corpus once; validation takes its subset's
-        rows from that encode. "nystrom" encodes only the validation subset plus whatever
-        landmarks lie outside it, and corrects ``base`` (the last refresh) through them.
-        ``mining``: the trial's ``training.mining`` settings. → (flat metrics dict, the new
-        index or None)."""
+        Yields twice: the flat metrics dict as soon as validation is scored (so its ledger row
+        never waits for the corpus), then the new index (None without ``mine``). ``mine``:
+        "refresh" encodes the rest of the training corpus and joins it to the validation
+        subset's rows, already encoded; "nystrom" encodes only the landmarks outside the subset
+        and corrects ``base`` (the last refresh). ``mining``: the trial's ``training.mining``.
+        """
+        from raydr.mining import dynamic
         from raydr.retrieval.dense import search_and_score
 
         t0, started_at = time.perf_counter(), time.time()
         retriever = self._retriever(path)
         docs, queries = self._tokenized(retriever)
-        t_load = time.perf_counter()
         bs = self.cfg.validation.batch_size
-        out: dict[str, Any] = {}
-        snapshot = None
-        doc_emb = None
-        if mine is not None:
-            mcfg = MiningConfig.model_validate(mining or {})
-            doc_emb, snapshot, out = self._mine(retriever, step, mine, base, mcfg, validate)
-        elif validate:
-            doc_emb = retriever.embed_ids(docs, "passages", batch_size=bs)
-        if not validate:
-            return {**out, "checkpoint_step": step, "node_id": _node_id()}, snapshot
-        query_emb = retriever.embed_ids(queries, "queries", batch_size=bs)
-        t_enc = time.perf_counter()
-        metrics, run = search_and_score(
-            self.cfg, doc_emb, query_emb, self.split.doc_ids, self.split.query_ids, self.split.qrels
+        if mine is None:
+            kind = None
+        elif mine == "nystrom" and base is not None:
+            kind = "nystrom"
+        else:
+            kind = "refresh"  # a correction needs a refresh to correct
+        mcfg = MiningConfig.model_validate(mining or {})
+        data = self._mining_data(retriever) if kind else None
+        n_docs = 0 if data is None else len(data.doc_ids)
+        in_subset = (
+            {int(p): i for i, p in enumerate(data.subset)} if data is not None and validate else {}
         )
-        t_end = time.perf_counter()
-        self.last_run = run
-        return {
-            **metrics,
-            "primary_metric": self.cfg.eval.primary_metric,
-            "checkpoint_step": step,
-            "subset_size": len(self.split.doc_ids),
-            "num_queries": len(self.split.query_ids),
-            "passages_encoded": out.get("mining_passages_encoded", len(docs)),
-            "load_s": t_load - t0,
-            "encode_s": t_enc - t_load,
-            "search_s": t_end - t_enc,
-            "validation_s": t_end - t0,
-            "node_id": _node_id(),  # where it ran: placement is checkable from the ledger
-            "started_at": started_at,
-            "finished_at": time.time(),
-            **out,
-        }, snapshot
+        if kind == "nystrom":
+            prefer = data.subset if validate else ()
+            marks = dynamic.pick_landmarks(
+                n_docs, mcfg.landmarks, self.cfg.seed + base.base_step, prefer
+            )
+            extra = [int(p) for p in marks if int(p) not in in_subset]
+        else:
+            extra = [p for p in range(n_docs) if p not in in_subset] if kind else []
+        plan: dict[str, Any] = {}
+        if kind is not None:
+            plan = {
+                "mining_kind": kind,
+                "mining_passages_encoded": len(extra),  # beyond validation's
+                "mining_queries_encoded": len(data.query_ids),
+                "mining_landmarks": mcfg.landmarks if kind == "nystrom" else 0,
+                "index_step": step,
+                "index_base_step": step if kind == "refresh" else base.base_step,
+                "refresh_every": mcfg.refresh_every,
+            }
+        t_load = time.perf_counter()
+        doc_emb = retriever.embed_ids(docs, "passages", batch_size=bs) if validate else None
+        if not validate:
+            yield {**plan, "checkpoint_step": step, "node_id": _node_id()}
+        else:
+            query_emb = retriever.embed_ids(queries, "queries", batch_size=bs)
+            t_enc = time.perf_counter()
+            metrics, run = search_and_score(
+                self.cfg,
+                doc_emb,
+                query_emb,
+                self.split.doc_ids,
+                self.split.query_ids,
+                self.split.qrels,
+            )
+            t_end = time.perf_counter()
+            self.last_run = run
+            yield {
+                **metrics,
+                "primary_metric": self.cfg.eval.primary_metric,
+                "checkpoint_step": step,
+                "subset_size": len(self.split.doc_ids),
+                "num_queries": len(self.split.query_ids),
+                "passages_encoded": len(docs) + len(extra),  # this checkpoint's, all uses
+                "load_s": t_load - t0,
+                "encode_s": t_enc - t_load,
+                "search_s": t_end - t_enc,
+                "validation_s": t_end - t0,
+                "node_id": _node_id(),  # where it ran: placement is checkable from the ledger
+                "started_at": started_at,
+                "finished_at": time.time(),
+                **plan,
+            }
+        if kind is None:
+            yield None
+            return
+        # The mining part: only what validation did not already encode.
+        fresh = retriever.embed_ids([data.docs[p] for p in extra], "passages", batch_size=bs)
+        query_emb = retriever.embed_ids(data.queries, "queries", batch_size=bs)
+        if kind == "refresh":
+            corpus = np.empty((n_docs, query_emb.shape[1]), dtype=np.float32)
+            if extra:
+                corpus[extra] = fresh
+            if in_subset:
+                corpus[data.subset] = doc_emb  # one encode serves both
+            n_clusters = mcfg.clusters or dynamic.default_clusters(n_docs)
+            yield dynamic.refresh(
+                step, data.doc_ids, corpus, data.query_ids, query_emb, n_clusters, self.cfg.seed
+            )
+            return
+        landmark = np.empty((len(marks), query_emb.shape[1]), dtype=np.float32)
+        row_of = {p: i for i, p in enumerate(extra)}
+        for i, p in enumerate(int(p) for p in marks):
+            landmark[i] = doc_emb[in_subset[p]] if p in in_subset else fresh[row_of[p]]
+        yield dynamic.nystrom_update(
+            base, step, marks, landmark, query_emb, self.cfg.model.normalize, mcfg.ridge
+        )
 
     def _mining_data(self, retriever) -> _MiningData:
         """The training corpus and queries, tokenised once per vocabulary."""
@@ -159,60 +222,6 @@ class Validator:
                 subset=np.array([where[d] for d in self.split.doc_ids], dtype=np.int64),
             )
         return self._mining[key]
-
-    def _mine(self, retriever, step, mine, base, mcfg, validate):
-        """→ (the validation subset's doc embeddings or None, the new index, ledger fields)."""
-        from raydr.mining import dynamic
-
-        t0 = time.perf_counter()
-        data = self._mining_data(retriever)
-        bs = self.cfg.validation.batch_size
-        docs, _ = self._tokenized(retriever)
-        query_emb = retriever.embed_ids(data.queries, "queries", batch_size=bs)
-        if mine == "refresh" or base is None:
-            corpus = retriever.embed_ids(data.docs, "passages", batch_size=bs)
-            n_clusters = mcfg.clusters or dynamic.default_clusters(len(data.doc_ids))
-            snapshot = dynamic.refresh(
-                step, data.doc_ids, corpus, data.query_ids, query_emb, n_clusters, self.cfg.seed
-            )
-            doc_emb = corpus[data.subset] if validate else None  # one encode serves both
-            encoded, mine = len(data.doc_ids), "refresh"
-        else:
-            doc_emb = retriever.embed_ids(docs, "passages", batch_size=bs) if validate else None
-            prefer = data.subset if validate else ()
-            marks = dynamic.pick_landmarks(
-                len(data.doc_ids), mcfg.landmarks, self.cfg.seed + base.base_step, prefer
-            )
-            fresh = np.empty((len(marks), query_emb.shape[1]), dtype=np.float32)
-            # Landmarks inside the validation subset were just encoded: reuse those rows.
-            in_subset = {int(p): i for i, p in enumerate(data.subset)} if validate else {}
-            outside = [i for i, p in enumerate(marks) if int(p) not in in_subset]
-            for i, p in enumerate(marks):
-                if int(p) in in_subset:
-                    fresh[i] = doc_emb[in_subset[int(p)]]
-            if outside:
-                fresh[outside] = retriever.embed_ids(
-                    [data.docs[marks[i]] for i in outside], "passages", batch_size=bs
-                )
-            snapshot = dynamic.nystrom_update(
-                base, step, marks, fresh, query_emb, self.cfg.model.normalize, mcfg.ridge
-            )
-            encoded = (len(docs) if validate else 0) + len(outside)
-        return (
-            doc_emb,
-            snapshot,
-            {
-                "mining_kind": mine,
-                "mining_s": time.perf_counter() - t0,
-                "mining_passages_encoded": encoded,
-                "mining_queries_encoded": len(data.query_ids),
-                "mining_landmarks": mcfg.landmarks if mine == "nystrom" else 0,
-                "index_step": snapshot.step,
-                "index_base_step": snapshot.base_step,
-                "index_mb": snapshot.nbytes / 2**20,
-                "refresh_every": mcfg.refresh_every,
-            },
-        )
 
     def run_of_last(self) -> dict[str, dict[str, float]]:
         return self.last_run
