@@ -258,3 +258,22 @@ def test_tune_searches_the_negative_source_and_checks_every_candidate(
     tree["validation"] = {"mode": "inline"}  # a dynamic candidate would have no pool
     with pytest.raises(RaydrError, match=r"mining\.source: value 'dynamic' is not valid"):
         parse_space(config.build(tree, "t"))
+
+
+def test_the_pool_plans_refreshes_and_never_publishes_an_older_index_over_a_newer() -> None:
+    from raydr.validation.pool import _Mining
+
+    state = _Mining({"refresh_every": 30, "landmarks": 8})
+    assert [state.plan(s) for s in (10, 20, 30, 40, 70)] == [
+        "nystrom",
+        "nystrom",
+        "refresh",
+        "nystrom",
+        "refresh",
+    ]
+    assert _Mining({"refresh_every": 30, "landmarks": 0}).plan(10) is None
+    # Two validators: the step-40 correction finishes before the step-30 refresh it follows.
+    state.publish(40, "index-40", "nystrom")
+    state.publish(30, "index-30", "refresh")
+    assert state.published == (40, "index-40")  # readers keep the newer index
+    assert state.base == (30, "index-30")  # the refresh still becomes what Nyström corrects
