@@ -341,6 +341,33 @@ class TuneConfig(Section):
     storage_path: str | None = Field(None, description="Ray Tune storage; default OUTPUT_DIR/tune")
     trial_cpus: float = Field(0.01, gt=0, description="the Tune function's own CPU share")
     seed: int | None = None
+    metric_delivery: Literal["on_landing", "at_checkpoint"] = Field(
+        "on_landing",
+        description="on_landing: a validated metric reaches the scheduler as the pool records "
+        "it; at_checkpoint: with the trial's next checkpoint report (stopping then depends on "
+        "how validation time compares with the checkpoint interval)",
+    )
+    rung_wait: Literal["none", "until_validated"] = Field(
+        "none",
+        description="until_validated: a trial pauses at each ASHA rung checkpoint, keeping its "
+        "resources, until the scheduler has decided on that checkpoint's metric",
+    )
+
+    @model_validator(mode="after")
+    def _rung_wait_needs_rungs(self) -> TuneConfig:
+        if self.rung_wait == "none":
+            return self
+        if self.scheduler.type != "asha":
+            raise ValueError(
+                f"rung_wait=until_validated waits at ASHA's rungs, but tune.scheduler.type is "
+                f"{self.scheduler.type!r}, which has none; use type=asha or rung_wait=none"
+            )
+        if self.metric_delivery != "on_landing":
+            raise ValueError(
+                "rung_wait=until_validated needs metric_delivery=on_landing: a paused trial "
+                "makes no checkpoint report that could carry its rung metric"
+            )
+        return self
 
 
 class RayConfig(Section):

@@ -134,6 +134,40 @@ def tiny_tree(name: str, tmp_path: Path, dataset: Path, model: Path) -> dict:
     }
 
 
+def tiny_search_tree(name: str, tmp_path: Path, dataset: Path, model: Path, negatives) -> dict:
+    """A tiny two-trial search: a learning trial (lr 3e-3), then a frozen one (1e-9), one at a
+    time, 20 steps each with a checkpoint every 4, ASHA from step 4; one validator on a
+    quarter of a logical GPU."""
+    return {
+        **tiny_tree(name, tmp_path, dataset, model),
+        "training": {
+            "split": "test",
+            "negatives": str(negatives),
+            "group_size": 2,
+            "batch_size": 1,
+            "epochs": 4,
+            "checkpoint_every": 4,
+            "num_workers": 1,
+            "warmup_ratio": 0.0,
+            "storage_path": str(tmp_path / "storage"),
+        },
+        "validation": {
+            "num_actors": 1,
+            "num_cpus": 0,
+            "num_gpus": 0.25,
+            "sampling": {"strategy": "full"},
+        },
+        "ray": {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 1024**2},
+        "tune": {
+            "space": {"training.lr": {"grid": [3e-3, 1e-9]}},  # a learning trial, then a frozen one
+            "num_samples": 1,
+            "max_concurrent_trials": 1,
+            "scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2},
+            "storage_path": str(tmp_path / "tune"),
+        },
+    }
+
+
 def write_checkpoint(root: Path, model_dir: Path, step: int, cfg) -> Path:
     """A real raydr checkpoint of the tiny model with step-dependent weights."""
     import torch

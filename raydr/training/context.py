@@ -22,6 +22,13 @@ class CheckpointHook(Protocol):
     def on_checkpoint(self, step: int, uri: str) -> None:
         """Ray has committed the checkpoint of ``step`` at ``uri``. Must not wait for validation."""
 
+    def progress(self, step: int) -> None:
+        """Rank 0 finished optimizer step ``step``. Must not wait."""
+
+    def hold(self, step: int) -> None:
+        """Called on every rank after the checkpoint of ``step`` was handed over; returns when
+        training may go on (at once, unless a scheduler wants this checkpoint's metric first)."""
+
     def validated(self, step: int) -> dict[str, Any]:
         """The newest validated metrics of this run, projected for a report made at ``step``
         (metric values plus the step they were measured on); {} while there are none."""

@@ -142,6 +142,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             step_loss = meter.end_step()
+            if rank == 0 and ctx.hook is not None:
+                ctx.hook.progress(step)  # where the run is, should a scheduler stop it
             if rank == 0 and meter.due(step, tcfg.log_every):
                 # A log record, not print: Ray Train tees a worker's print to stdout *and* its
                 # logger (stderr), so the driver showed every print twice. Its worker logger
@@ -165,6 +167,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     metrics.update(source.describe(step))
                 state = (model, tokenizer, optimizer, scheduler, bank)
                 _report(ctx, rank, metrics, state, (step, epoch, epoch_rows))
+                if ctx.hook is not None and step < total_steps:
+                    ctx.hook.hold(step)  # a scheduler rung may want this metric first
             if step >= total_steps:
                 break
         epoch, epoch_rows = epoch + 1, 0

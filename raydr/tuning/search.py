@@ -11,7 +11,6 @@ from typing import Any
 
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
-from raydr.validation.ledger import VALIDATED_STEP
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +40,6 @@ def concurrency(cfg: RaydrConfig, total: dict[str, float]) -> int:
             f"has {total}; lower training.num_workers or validation.num_actors"
         )
     return n
-
-
-def _scheduler(cfg: RaydrConfig, metric: str, total_steps: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
-
-    s = cfg.tune.scheduler
-    if s.type == "none":
-        return FIFOScheduler()
-    if s.type == "median":
-        return MedianStoppingRule(
-            time_attr=VALIDATED_STEP, metric=metric, mode=cfg.tune.mode, grace_period=s.grace_period
-        )
-    return ASHAScheduler(
-        time_attr=VALIDATED_STEP,
-        metric=metric,
-        mode=cfg.tune.mode,
-        max_t=s.max_t or total_steps,
-        grace_period=s.grace_period,
-        reduction_factor=s.reduction_factor,
-    )
 
 
 def _search_alg(cfg: RaydrConfig, metric: str, max_concurrent: int):
@@ -97,6 +76,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     from ray import tune
 
     from raydr.training.trainer import check_capacity, init_ray, preflight
+    from raydr.tuning.scheduler import LagWatch, build_scheduler, rung_checkpoints
     from raydr.tuning.space import check_metric, parse_space
     from raydr.tuning.summary import summarize
     from raydr.tuning.trial import tune_trial
@@ -125,9 +105,13 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     # Reports without a validated metric yet are normal here: the scheduler skips them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     pool = start_pool(cfg)
+    waits = cfg.tune.rung_wait == "until_validated"
+    hold_at = rung_checkpoints(cfg, steps) if waits else ()
+    if waits:
+        log.info("trials pause at the rung checkpoints %s until the scheduler decides", hold_at)
     trainable = tune.with_resources(
         tune.with_parameters(
-            tune_trial, base=cfg.model_dump(mode="json"), pool=pool_name(cfg.name)
+            tune_trial, base=cfg.model_dump(mode="json"), pool=pool_name(cfg.name), hold_at=hold_at
         ),
         {"cpu": cfg.tune.trial_cpus},
     )
@@ -143,16 +127,22 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
             tune_config=tune.TuneConfig(
                 num_samples=samples,
                 max_concurrent_trials=max_conc if cfg.tune.search_alg == "optuna" else None,
-                scheduler=_scheduler(cfg, metric, steps),
+                scheduler=build_scheduler(cfg, metric, steps, pool_name(cfg.name)),
                 search_alg=_search_alg(cfg, metric, max_conc),
             ),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=paths.tune_storage),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=paths.tune_storage,
+                callbacks=[LagWatch(cfg.training.checkpoint_every, cfg.tune.rung_wait)],
+            ),
         )
     grid = tuner.fit()
     wait_idle(pool)  # checkpoints of stopped trials are still being validated
+    progress = ray.get(pool.progress.remote())  # where each trial's training really got to
     ray.get(pool.close.remote())
     ray.kill(pool)
-    return summarize(cfg, grid, metric, steps)
+    rungs = rung_checkpoints(cfg, steps) if cfg.tune.scheduler.type == "asha" else ()
+    return summarize(cfg, grid, metric, steps, progress=progress, rungs=rungs)
 
 
 def check_same_search(cfg: RaydrConfig, record: Path, resuming: bool) -> None:

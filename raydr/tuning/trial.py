@@ -1,10 +1,12 @@
 """One Tune trial: its config, a TorchTrainer reporting through Tune, then the last validations.
 
 Each trial is a Tune function that builds its own TorchTrainer (Ray Train V2 cannot be handed to
-a Tuner). All trials push checkpoints to one shared validation pool; rank 0 puts the newest
-validated metrics of its own checkpoints into every report, with the step they were measured
-on, which is the scheduler's time attribute. After training a trial keeps reporting until its
-last checkpoints are validated; a trial the scheduler stops still has its submitted
+a Tuner). All trials push checkpoints to one shared validation pool. Validated metrics reach
+the scheduler with the step they were measured on (its time attribute): as the pool records
+them, through the trial's courier (``tune.metric_delivery=on_landing``), or in rank 0's next
+checkpoint report (``at_checkpoint``). With ``tune.rung_wait=until_validated`` training pauses at
+each rung checkpoint until the scheduler has decided. After training a trial keeps reporting
+until its last checkpoints are validated; a trial the scheduler stops still has its submitted
 checkpoints validated, because the pool owns that work.
 """
 
@@ -19,13 +21,17 @@ from raydr.validation import ledger as rows
 from raydr.validation.ledger import VALIDATED_STEP
 
 
-def tune_trial(params: dict[str, Any], base: dict[str, Any], pool: str) -> None:
-    """One trial: its config, a TorchTrainer reporting through Tune, then the last validations."""
+def tune_trial(
+    params: dict[str, Any], base: dict[str, Any], pool: str, hold_at: tuple[int, ...] = ()
+) -> None:
+    """One trial: its config, a TorchTrainer reporting through Tune, then the last validations.
+    ``hold_at``: the rung checkpoints where training waits for the scheduler's decision."""
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raydr.training.trainer import fit
+    from raydr.tuning import courier as couriers
     from raydr.validation.client import PoolHook, PoolNegatives
     from raydr.validation.pool import NAMESPACE
 
@@ -34,30 +40,45 @@ def tune_trial(params: dict[str, Any], base: dict[str, Any], pool: str) -> None:
     # Each trial is its own Ray Train run, beside the others in the job's training storage.
     tree["name"] = f"{base['name']}-{trial}"
     cfg = RaydrConfig.model_validate(tree)
-    hook = PoolHook(pool, trial, list(cfg.eval.metrics))
+    handle = ray.get_actor(pool, namespace=NAMESPACE)
+    metrics = list(cfg.eval.metrics)
+    callback = TuneReportCallback()  # creates the session's channel the courier shares
+    courier = (
+        couriers.start(handle, trial, metrics) if cfg.tune.metric_delivery == "on_landing" else None
+    )
+    # Pausing at a rung needs a courier to carry the metric while no reports are made.
+    hook = PoolHook(pool, trial, metrics, hold_at=hold_at if courier is not None else ())
     negatives = PoolNegatives.for_run(cfg, pool, trial)
-    result = fit(cfg, hook=hook, callbacks=[TuneReportCallback()], negatives=negatives)
+    try:
+        result = fit(cfg, hook=hook, callbacks=[callback], negatives=negatives)
+    except BaseException:
+        if courier is not None:
+            courier.stop()
+        raise
     if result.error:
+        if courier is not None:
+            courier.stop()
         raise result.error
     # Training is over; report the validations that were still running so the scheduler and
     # the results see every checkpoint's metric.
-    handle = ray.get_actor(pool, namespace=NAMESPACE)
     total = result.metrics["step"]
-    seen = result.metrics.get(VALIDATED_STEP, -1)
-    while True:
-        done = ray.get(handle.results.remote(trial))
-        for row in done:
-            if row["step"] > seen:
-                seen = row["step"]
-                tune.report({**rows.report_metrics(row, cfg.eval.metrics, total), "step": total})
-        owed = ray.get(handle.owed.remote(trial))
-        if not owed:
-            break
-        time.sleep(1.0)
+    if courier is not None:
+        courier.drain(total, owed=lambda: ray.get(handle.owed.remote(trial)))
+    else:
+        seen = result.metrics.get(VALIDATED_STEP, -1)
+        while True:
+            for row in ray.get(handle.results.remote(trial)):
+                if row["step"] > seen:
+                    seen = row["step"]
+                    tune.report({**rows.report_metrics(row, metrics, total), "step": total})
+            if not ray.get(handle.owed.remote(trial)):
+                break
+            time.sleep(1.0)
+    done = ray.get(handle.results.remote(trial))
     tune.report(
         {
             "trial_complete": 1,
             "step": total,
-            **(rows.report_metrics(done[-1], cfg.eval.metrics, total) if done else {}),
+            **(rows.report_metrics(done[-1], metrics, total) if done else {}),
         }
     )

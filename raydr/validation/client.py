@@ -26,17 +26,49 @@ class PoolHook:
     pool: str  # the pool actor's name
     trial: str  # the ledger's trial key
     metrics: list[str]  # the metric names a report carries
+    hold_at: tuple[int, ...] = ()  # checkpoint steps where training waits for the scheduler
+    _pool: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pool": None}  # an actor handle is looked up where it is used
 
     def _handle(self):
         import ray
 
         from raydr.validation.pool import NAMESPACE
 
-        return ray.get_actor(self.pool, namespace=NAMESPACE)
+        if self._pool is None:
+            self._pool = ray.get_actor(self.pool, namespace=NAMESPACE)
+        return self._pool
 
     def on_checkpoint(self, step: int, uri: str) -> None:
         # Fire and forget: the pool owns the work from here, even if this trial is stopped.
         self._handle().submit.remote(self.trial, step, uri)
+
+    def progress(self, step: int) -> None:
+        # Fire and forget: where a stopped trial really was, for honest trial-step counts.
+        self._handle().heartbeat.remote(self.trial, step)
+
+    def hold(self, step: int) -> None:
+        """At a scheduler rung (``hold_at``), wait until the scheduler has decided on this
+        checkpoint's metric: a trial it stops never trains past the rung. Every rank waits
+        here (not in a collective, whose timeout a long validation queue could exceed)."""
+        if step not in self.hold_at:
+            return
+        import time
+
+        import ray
+
+        t0 = time.monotonic()
+        log.info("step %d is a scheduler rung: paused until its metric is decided", step)
+        try:
+            while not ray.get(self._handle().wait_released.remote(self.trial, step)):
+                pass
+        except ray.exceptions.RayError as exc:
+            # Without the pool no decision can come; pausing for ever would waste the resources.
+            log.warning("rung wait at step %d: the pool is unreachable (%s); going on", step, exc)
+            return
+        log.info("rung at step %d passed after %.1f s paused", step, time.monotonic() - t0)
 
     def validated(self, step: int) -> dict[str, Any]:
         import ray
@@ -154,6 +186,12 @@ class InlineHook:
             self._validator = Validator(self.config, self.subset, threads=torch.get_num_threads())
         metrics = self._validator.validate(uri, step)
         self._ledger().append(rows.done(self.trial, step, uri, metrics))
+
+    def progress(self, step: int) -> None:
+        pass  # training and validation are one process here: nothing runs ahead
+
+    def hold(self, step: int) -> None:
+        pass  # every checkpoint is validated before training goes on
 
     def validated(self, step: int) -> dict[str, Any]:
         latest = self._ledger().latest(self.trial)

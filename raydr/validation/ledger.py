@@ -77,6 +77,8 @@ def report_metrics(row: Row, metrics: Iterable[str], step: int) -> dict[str, Any
     out: dict[str, Any] = {name: row["metrics"][name] for name in metrics}
     out[VALIDATED_STEP] = row["step"]
     out["validation_lag_steps"] = step - row["step"]
+    if "queued_to_done_s" in row:  # intake to metric: what a slow-decision warning quotes
+        out["validation_wait_s"] = row["queued_to_done_s"]
     return out
 
 

@@ -4,9 +4,15 @@ Trainers *push* (trial, step, checkpoint path) with ``submit`` and never wait. T
 work from then on, so a checkpoint submitted just before its trial is stopped is still
 validated. With dynamic negatives (``training.mining.source: dynamic``) the same job also
 rebuilds the trial's mining index from the checkpoint (one encode serves both) and publishes
-it; workers fetch the newest with ``published`` without waiting. Each checkpoint gets exactly one closing ledger row: a validator that dies mid-way is
-restarted by Ray and the checkpoint re-done; a checkpoint that cannot be loaded is recorded as
-failed with its reason while the pool keeps serving.
+it; workers fetch the newest with ``published`` without waiting. Each checkpoint gets exactly
+one closing ledger row: a validator that dies mid-way is restarted by Ray and the checkpoint
+re-done; a checkpoint that cannot be loaded is recorded as failed with its reason while the pool
+keeps serving.
+
+The pool is also where a search's trials meet the scheduler: rank 0 beats its step here
+(``heartbeat``), a trial's courier long-polls for rows as they close (``landed``) to hand them to
+Tune at once, and a trial paused at a scheduler rung waits here (``wait_released``) until the
+driver's scheduler has decided on that rung's metric (``release``).
 """
 
 from __future__ import annotations
@@ -95,11 +101,14 @@ class ValidationPool:
         self._inflight: set[tuple[str, int]] = set()
         self._attempts: dict[tuple[str, int], int] = {}
         self._mining: dict[str, _Mining] = {}
+        self._progress: dict[str, int] = {}  # trial → the newest step rank 0 finished
+        self._released: dict[str, int] = {}  # trial → newest validated step the scheduler passed
 
     async def _start(self) -> None:
         if self._started:
             return
         self._started = True
+        self._changed = asyncio.Event()  # set (and replaced) when a row closes or a rung opens
         self._jobs: asyncio.Queue = asyncio.Queue()
         self._free: asyncio.Queue = asyncio.Queue()
         for actor in self.actors:
@@ -173,6 +182,7 @@ class ValidationPool:
                     )
                 )
                 written = True
+                self._signal()
             if mining is not None:
                 index_ref = await stream.__anext__()
                 index = await index_ref  # zero-copy; surfaces a failure of the mining part
@@ -226,6 +236,69 @@ class ValidationPool:
 
     def _record_failure(self, trial: str, step: int, path: str, reason: str) -> None:
         self.ledger.append(rows.failed(trial, step, path, reason))
+        self._signal()
+
+    def _signal(self) -> None:
+        # Wake every long-poll at once; each re-checks its own condition.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_change(self, deadline: float) -> bool:
+        """Sleep until something closes or opens, or ``deadline``; → False on the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._changed.wait(), left)
+        except TimeoutError:
+            return False
+        return True
+
+    async def heartbeat(self, trial: str, step: int) -> None:
+        """Rank 0 of ``trial`` finished ``step`` (fire and forget: training never waits)."""
+        self._progress[trial] = max(int(step), self._progress.get(trial, -1))
+
+    async def progress(self) -> dict[str, int]:
+        """The newest step each trial's rank 0 reported finishing: where a stopped trial was."""
+        return dict(self._progress)
+
+    async def landed(self, trial: str, after: int, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Closing rows of ``trial`` above step ``after``, by step, as soon as there is one (a
+        long poll: waits up to ``timeout_s`` for the next). → {"rows": [...], "step": the
+        trial's newest finished step, -1 before its first}."""
+        await self._start()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            closed = sorted(
+                (
+                    r
+                    for (t, s), r in self.ledger.state().items()
+                    if t == trial and s > after and r["status"] in rows.CLOSED
+                ),
+                key=lambda r: r["step"],
+            )
+            if closed or not await self._wait_change(deadline):
+                return {"rows": closed, "step": self._progress.get(trial, -1)}
+
+    async def release(self, trial: str, step: int) -> None:
+        """The scheduler let ``trial`` go on after seeing its metric of checkpoint ``step``."""
+        await self._start()
+        self._released[trial] = max(int(step), self._released.get(trial, -1))
+        self._signal()
+
+    async def wait_released(self, trial: str, step: int, timeout_s: float = 5.0) -> bool:
+        """True once the scheduler has passed ``trial`` on a metric of ``step`` or later, or the
+        checkpoint failed validation (no metric will come to decide on); False after
+        ``timeout_s`` (a long poll: the caller asks again)."""
+        await self._start()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._released.get(trial, -1) >= step:
+                return True
+            if self.ledger.state().get((trial, int(step)), {}).get("status") == "failed":
+                return True
+            if not await self._wait_change(deadline):
+                return False
 
     async def latest(self, trial: str) -> dict[str, Any] | None:
         """The newest validated checkpoint of ``trial`` (highest step), or None."""

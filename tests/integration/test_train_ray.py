@@ -171,6 +171,12 @@ class _KillAfterCommit:
         Path(self.marker).write_text(want)
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def progress(self, step: int) -> None:
+        pass
+
+    def hold(self, step: int) -> None:
+        pass
+
     def validated(self, step: int) -> dict:
         return {}
 

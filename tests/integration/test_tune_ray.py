@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_tree
+from conftest import tiny_search_tree
 
 from raydr import config
 from raydr.errors import RaydrError
@@ -21,34 +21,7 @@ pytestmark = pytest.mark.ray
 
 
 def _tree(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> dict:
-    return {
-        **tiny_tree("tiny-tune", tmp_path, dataset, model),
-        "training": {
-            "split": "test",
-            "negatives": str(negatives),
-            "group_size": 2,
-            "batch_size": 1,
-            "epochs": 4,
-            "checkpoint_every": 4,
-            "num_workers": 1,
-            "warmup_ratio": 0.0,
-            "storage_path": str(tmp_path / "storage"),
-        },
-        "validation": {
-            "num_actors": 1,
-            "num_cpus": 0,
-            "num_gpus": 0.25,
-            "sampling": {"strategy": "full"},
-        },
-        "ray": {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 1024**2},
-        "tune": {
-            "space": {"training.lr": {"grid": [3e-3, 1e-9]}},  # a learning trial, then a frozen one
-            "num_samples": 1,
-            "max_concurrent_trials": 1,
-            "scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2},
-            "storage_path": str(tmp_path / "tune"),
-        },
-    }
+    return tiny_search_tree("tiny-tune", tmp_path, dataset, model, negatives)
 
 
 def test_bad_search_input_is_refused_before_any_trial(

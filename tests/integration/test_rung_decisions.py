@@ -1,0 +1,164 @@
+"""Early stopping that does not depend on the machine's speed, on a real local Ray.
+
+The validator is slowed to take two checkpoint intervals per checkpoint, in training steps
+rather than seconds (it waits until the trial's checkpoint two intervals on exists), and
+training steps are slowed so that Tune's own latency is small beside a step. The same tiny
+search (a learning trial, then a frozen one; ASHA rungs at steps 8 and 16 of 20) runs under
+each delivery policy:
+
+- ``at_checkpoint`` (the old behaviour): the frozen trial's rung metric lands after its last
+  checkpoint report but one, so it runs to its end;
+- ``on_landing``: the metric reaches ASHA as the pool records it, and the trial is stopped
+  within one checkpoint interval;
+- ``rung_wait=until_validated``: the trial waits at the rung and is stopped there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from conftest import tiny_search_tree
+
+from raydr import config
+
+pytestmark = pytest.mark.ray
+
+DELAYS: Path | None = None  # JSON: how the setup hook slows validators and training steps
+
+
+def _slow_down() -> None:
+    """Ray worker setup hook. A validator waits, before validating the checkpoint of step s,
+    until its trial's checkpoint of step min(s + ahead, last) exists (at most ``max_s``);
+    optimizer steps sleep ``step_s`` first. Fault injection: encoder, training and Ray stay real."""
+    import json as _json
+    import time as _time
+
+    import torch
+
+    from raydr.training import checkpoint
+    from raydr.validation.validator import Validator
+
+    if getattr(Validator.stream, "slowed", False):
+        return
+    real_stream, real_step, delays = Validator.stream, torch.optim.AdamW.step, DELAYS
+
+    def stream(self, path, step, *args, **kwargs):
+        wait = _json.loads(delays.read_text())
+        target = min(step + wait["ahead"], wait["last"])
+        later = Path(path).parent / checkpoint.dir_name(target)
+        deadline = _time.monotonic() + wait["max_s"]
+        while target > step and not later.is_dir() and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        yield from real_stream(self, path, step, *args, **kwargs)
+
+    def step(self, *args, **kwargs):
+        _time.sleep(_json.loads(delays.read_text())["step_s"])
+        return real_step(self, *args, **kwargs)
+
+    stream.slowed = True
+    Validator.stream = stream
+    torch.optim.AdamW.step = step
+
+
+@pytest.fixture(scope="module")
+def slow_ray(tmp_path_factory):
+    global DELAYS
+    DELAYS = tmp_path_factory.mktemp("delays") / "delays.json"
+    # Checkpoints every 4 steps: "two intervals" is 8 steps ahead.
+    DELAYS.write_text(json.dumps({"ahead": 8, "last": 20, "max_s": 6.0, "step_s": 0.5}))
+    # The hook travels by value (with DELAYS): workers cannot import this test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        object_store_memory=150 * 1024**2,
+        # With the dashboard, as raydr starts Ray: Train V2's placement-group cleaner asks its
+        # State API whether a stopped trial's controller is gone; without it the group leaks.
+        runtime_env={"worker_process_setup_hook": _slow_down},
+    )
+    yield
+    ray.shutdown()
+
+
+def _search(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **tune) -> dict:
+    from raydr.tuning.search import run_search
+
+    name = f"rung-{tune.get('metric_delivery', 'x')}-{tune.get('rung_wait', 'none')}"
+    tree = tiny_search_tree(name, tmp_path, dataset, model, negatives)
+    del tree["ray"]  # the module's Ray, slowed
+    # A learning trial first, so ASHA has its rung metrics when the frozen one runs.
+    tree["tune"].update(search_alg="grid", **tune)
+    tree["tune"]["scheduler"]["grace_period"] = 8
+    summary = run_search(config.build(tree, "t"))
+    _resources_returned()
+    assert summary["rung_checkpoints"] == [8, 16]
+    trials = {t["config"]["training.lr"]: t for t in summary["trials"]}
+    assert all(t["error"] is None for t in trials.values())
+    assert trials[3e-3]["stopped_early"] is False
+    return trials
+
+
+def _resources_returned(timeout_s: float = 30.0) -> None:
+    """After a search, stopped trials included: every resource is back, no placement group
+    is left (Ray's bug ray-project/ray#54305 leaks them when Tune stops Train V2 trials)."""
+    import time
+
+    from ray.util import placement_group_table
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = {k: v for k, v in placement_group_table().items() if v["state"] != "REMOVED"}
+        free, total = ray.available_resources(), ray.cluster_resources()
+        short = {
+            k: total[k] - free.get(k, 0) for k in ("CPU", "GPU") if free.get(k, 0) < total[k] - 1e-6
+        }
+        if not live and not short:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"leaked: placement groups {live}; resources still held {short}")
+        time.sleep(0.5)
+
+
+def test_at_checkpoint_delivery_lets_the_frozen_trial_run_to_its_end(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path, caplog
+) -> None:
+    frozen = _search(
+        tmp_path, tiny_dataset, tiny_model_dir, negatives, metric_delivery="at_checkpoint"
+    )[1e-9]
+    # The run said so, once, with the figures and the remedies.
+    warnings = [r.getMessage() for r in caplog.records if "slow decisions" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "more than one checkpoint interval (4 steps)" in warnings[0]
+    assert "tune.rung_wait=until_validated" in warnings[0]
+    # The failure of the issue: the rung-8 metric came with the last report, at step 20.
+    assert frozen["last_training_step"] == 20 and frozen["stopped_early"] is False
+    assert frozen["decision_lag_steps"][8] >= 8, frozen
+
+
+def test_on_landing_delivery_stops_it_within_one_interval(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    frozen = _search(
+        tmp_path, tiny_dataset, tiny_model_dir, negatives, metric_delivery="on_landing"
+    )[1e-9]
+    assert frozen["stopped_early"] is True and frozen["decided_on_step"] == 8, frozen
+    # The rung-8 metric landed two intervals on (at step 16); the stop came before the next
+    # checkpoint: at most one interval after the metric landed, never at the end.
+    assert 16 <= frozen["last_training_step"] < 20, frozen
+    assert frozen["decision_lag_steps"][8] < 12, frozen
+
+
+def test_rung_wait_stops_it_at_the_rung(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    trials = _search(tmp_path, tiny_dataset, tiny_model_dir, negatives, rung_wait="until_validated")
+    frozen, learner = trials[1e-9], trials[3e-3]
+    assert frozen["stopped_early"] is True and frozen["decided_on_step"] == 8, frozen
+    assert frozen["last_training_step"] == 8, "it trained past the rung it was stopped at"
+    assert frozen["decision_lag_steps"] == {8: 0}
+    # The learning trial paused at both rungs and went on after each decision.
+    assert learner["decision_lag_steps"] == {8: 0, 16: 0}, learner
