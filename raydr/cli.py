@@ -381,6 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mining_args(p)
     p.set_defaults(func=mining_main)
+
+    from raydr.bench.stopping import add_arguments as stopping_args
+    from raydr.bench.stopping import main as stopping_main
+
+    p = benches.add_parser(
+        "stopping", help="early stopping under slow validation: each metric-delivery policy"
+    )
+    stopping_args(p)
+    p.set_defaults(func=stopping_main)
     return parser
 
 

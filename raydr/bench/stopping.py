@@ -1,0 +1,170 @@
+"""``raydr bench stopping``: does early stopping still stop trials when validation is slow?
+
+Runs the same search once per decision policy, in one session on one machine, and compares
+what each trained: ``at_checkpoint`` (a validated metric reaches the scheduler with the trial's
+next checkpoint report: the old behaviour), ``on_landing`` (as the pool records it) and
+``rung_wait`` (on landing, and a trial pauses at each rung until the scheduler decides). For
+each: trial-steps run against the unscheduled count, each stopped trial's step at stopping, and
+the decision lag (steps trained past each rung before its decision). The baseline is the
+``at_checkpoint`` run of the same session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+POLICIES = {  # name → overrides
+    "at_checkpoint": ["tune.metric_delivery=at_checkpoint", "tune.rung_wait=none"],
+    "on_landing": ["tune.metric_delivery=on_landing", "tune.rung_wait=none"],
+    "rung_wait": ["tune.metric_delivery=on_landing", "tune.rung_wait=until_validated"],
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="search job YAML (with a tune section, ASHA)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help=f"comma-separated, from {', '.join(POLICIES)}",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench-out/stopping.json"))
+
+
+def main(args: argparse.Namespace) -> None:
+    import ray
+
+    from raydr import config
+    from raydr.bench.common import machine, write_json
+    from raydr.errors import RaydrError
+    from raydr.tuning.search import run_search
+
+    chosen = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in POLICIES]
+    if unknown or not chosen:
+        raise RaydrError(f"--policies: unknown {unknown}; expected some of {', '.join(POLICIES)}")
+    stamp = int(time.time())
+    runs: list[dict[str, Any]] = []
+    for policy in chosen:
+        base = config.load(args.config, list(args.overrides))
+        cfg = config.load(
+            args.config,
+            [*args.overrides, f"name={base.name}-bench-{policy}-{stamp}", *POLICIES[policy]],
+        )
+        t0 = time.perf_counter()
+        summary = run_search(cfg)
+        runs.append(_row(policy, summary, time.perf_counter() - t0))
+        print(_line(runs[-1]), flush=True)
+    ray.shutdown()
+    payload = {
+        "benchmark": "stopping",
+        "machine": machine(),
+        "config": str(args.config),
+        "overrides": list(args.overrides),
+        "runs": runs,
+        "ratios": _ratios(runs),
+    }
+    write_json(args.out, payload)
+    plot(payload, args.out.with_suffix(".png"))
+    for key, value in payload["ratios"].items():
+        print(f"{key}: {value:.2f}")
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def _row(policy: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    run, without = summary["trial_steps_run"], summary["trial_steps_without_scheduler"]
+    return {
+        "policy": policy,
+        "wall_s": wall_s,
+        "trial_steps_run": run,
+        "trial_steps_without_scheduler": without,
+        "saved": 1 - run / max(1, without),
+        "rung_checkpoints": summary["rung_checkpoints"],
+        "best_trial": (summary["best_trial"] or {}).get("config"),
+        "best_metric": (summary["best_trial"] or {}).get("best_metric"),
+        "trials": [
+            {
+                "config": t["config"],
+                "stopped_early": t["stopped_early"],
+                "steps_run": t["last_training_step"],
+                "decided_on_step": t["decided_on_step"],
+                "decision_lag_steps": t["decision_lag_steps"],
+                "best_metric": t["best_metric"],
+            }
+            for t in summary["trials"]
+        ],
+    }
+
+
+def _line(row: dict[str, Any]) -> str:
+    stops = [
+        f"{t['config']} at {t['steps_run']} (on step {t['decided_on_step']})"
+        for t in row["trials"]
+        if t["stopped_early"]
+    ]
+    return (
+        f"{row['policy']}: {row['trial_steps_run']} of {row['trial_steps_without_scheduler']} "
+        f"trial-steps ({row['saved']:.0%} saved) in {row['wall_s']:.0f} s; stopped: "
+        f"{'; '.join(stops) or 'none'}"
+    )
+
+
+def _ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each policy's trial-steps and wall time against ``at_checkpoint`` of the same session."""
+    by = {r["policy"]: r for r in runs}
+    base = by.get("at_checkpoint")
+    if base is None:
+        return {}
+    out = {}
+    for name, row in by.items():
+        if name == "at_checkpoint":
+            continue
+        out[f"trial_steps {name} / at_checkpoint"] = (
+            row["trial_steps_run"] / base["trial_steps_run"]
+        )
+        out[f"wall {name} / at_checkpoint"] = row["wall_s"] / base["wall_s"]
+    return out
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Steps each trial trained, per policy (hatched: stopped by the scheduler)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raydr.atomic import save_figure
+
+    runs = payload["runs"]
+    labels = sorted({_short(t["config"]) for r in runs for t in r["trials"]})
+    width = 0.8 / max(1, len(runs))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k, run in enumerate(runs):
+        by = {_short(t["config"]): t for t in run["trials"]}
+        xs = [i + (k - (len(runs) - 1) / 2) * width for i in range(len(labels))]
+        heights = [max(0, by[lab]["steps_run"]) if lab in by else 0 for lab in labels]
+        bars = ax.bar(
+            xs, heights, width, label=f"{run['policy']} ({run['saved']:.0%} of trial-steps saved)"
+        )
+        for bar, lab in zip(bars, labels, strict=True):
+            if lab in by and by[lab]["stopped_early"]:
+                bar.set_hatch("//")
+    for rung in runs[0]["rung_checkpoints"] if runs else []:
+        ax.axhline(rung, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel("training steps run (hatched: stopped)")
+    cpu = payload["machine"].get("cpu")
+    ax.set_title(f"Steps trained per trial under each decision policy ({cpu})", fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _short(config: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in config.items()
+    )
