@@ -93,6 +93,8 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     check_same_search(cfg, paths.run_dir / "search_config.json", resuming)
     init_ray(cfg)
     check_capacity(cfg)
+    if cfg.tune.scheduler.type != "none":
+        warn_without_state_api()
     cfg = cfg.with_absolute_paths()
     total = ray.cluster_resources()
     max_conc = (
@@ -143,6 +145,24 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     ray.kill(pool)
     rungs = rung_checkpoints(cfg, steps) if cfg.tune.scheduler.type == "asha" else ()
     return summarize(cfg, grid, metric, steps, progress=progress, rungs=rungs)
+
+
+def warn_without_state_api() -> None:
+    """Ray Train frees a stopped trial's placement group only once its cleaner sees, through
+    Ray's State API (served by the dashboard), that the trial's controller is gone. Without it
+    every trial the scheduler stops keeps its resources until the search ends (seen here: the
+    next trial waited for a worker group that could never start; ray-project/ray#54305)."""
+    from ray.util.state import list_actors
+
+    try:
+        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+    except Exception as exc:  # the State API raises several kinds, all meaning "not there"
+        log.warning(
+            "Ray's State API is unreachable (%s): trials the scheduler stops will not give "
+            "their resources back until the search ends. Start Ray with its dashboard "
+            "(pip install 'ray[default]'; no --include-dashboard=false)",
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
 
 
 def check_same_search(cfg: RaydrConfig, record: Path, resuming: bool) -> None:
