@@ -13,17 +13,22 @@ from raydr import atomic
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if cpu and flags:
                 break
     except OSError:
         pass
     info: dict[str, Any] = {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # Speeds differ about 3x between CPUs with and without bf16 matrix instructions.
+        "avx512_bf16": "avx512_bf16" in flags,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
