@@ -57,26 +57,28 @@ class Courier(threading.Thread):
 
         while not self._stop.is_set():
             try:
-                answer = ray.get(self.pool.landed.remote(self.trial, self.closed, timeout_s=2.0))
+                self._deliver(ray.get(self.pool.landed.remote(self.trial, self.closed, 2.0)))
             except ray.exceptions.RayError as exc:
-                log.warning("courier: cannot reach the validation pool (%s); retrying", exc)
+                # The pool or the session's queue is unreachable: the trial's own checkpoint
+                # reports still carry metrics, only later; try again.
+                log.warning("courier: cannot deliver validated metrics (%s); retrying", exc)
                 self._stop.wait(5.0)
-                continue
-            for row in answer["rows"]:
-                self.closed = max(self.closed, row["step"])
-                if row["status"] != "done" or row["step"] <= self.delivered:
-                    continue
+
+    def _deliver(self, answer: dict) -> None:
+        for row in answer["rows"]:
+            if row["status"] == "done" and row["step"] > self.delivered:
                 step = self.final_step if self.final_step is not None else answer["step"]
                 step = max(step, row["step"])  # before rank 0's first heartbeat lands
                 report = {**rows.report_metrics(row, self.metrics, step), "step": step}
                 self.channel.put(report)  # blocks until Tune's session has taken it
                 self.delivered = row["step"]
+            self.closed = max(self.closed, row["step"])
 
     def drain(self, final_step: int, owed, poll_s: float = 1.0) -> None:
         """Training is over at ``final_step``: deliver until ``owed()`` (checkpoints not yet
         closed) is 0 and every closed row has been seen, then stop."""
         self.final_step = final_step
-        while owed() or self.closed < self._newest_closed():
+        while self.is_alive() and (owed() or self.closed < self._newest_closed()):
             time.sleep(poll_s)
         self.stop()
 

@@ -51,14 +51,12 @@ def tune_trial(
     negatives = PoolNegatives.for_run(cfg, pool, trial)
     try:
         result = fit(cfg, hook=hook, callbacks=[callback], negatives=negatives)
+        if result.error:
+            raise result.error
     except BaseException:
         if courier is not None:
             courier.stop()
         raise
-    if result.error:
-        if courier is not None:
-            courier.stop()
-        raise result.error
     # Training is over; report the validations that were still running so the scheduler and
     # the results see every checkpoint's metric.
     total = result.metrics["step"]

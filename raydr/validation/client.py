@@ -32,18 +32,20 @@ class PoolHook:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pool": None}  # an actor handle is looked up where it is used
 
-    def _handle(self):
+    def _handle(self, fresh: bool = False):
         import ray
 
         from raydr.validation.pool import NAMESPACE
 
-        if self._pool is None:
+        # Cached for the per-step heartbeat; a checkpoint looks the pool up afresh, so a pool
+        # restarted under the same name still gets it.
+        if fresh or self._pool is None:
             self._pool = ray.get_actor(self.pool, namespace=NAMESPACE)
         return self._pool
 
     def on_checkpoint(self, step: int, uri: str) -> None:
         # Fire and forget: the pool owns the work from here, even if this trial is stopped.
-        self._handle().submit.remote(self.trial, step, uri)
+        self._handle(fresh=True).submit.remote(self.trial, step, uri)
 
     def progress(self, step: int) -> None:
         # Fire and forget: where a stopped trial really was, for honest trial-step counts.
