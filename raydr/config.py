@@ -311,6 +311,12 @@ class ValidationConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batch_size: PositiveInt = 64
     max_retries: int = Field(2, ge=0, description="re-dos of a checkpoint whose actor died")
+    order: Literal["rungs_first", "fifo"] = Field(
+        "rungs_first",
+        description="which queued checkpoint a free validator takes: rungs_first = those at a "
+        "scheduler rung first, then trials in turn (least recently served), each trial's oldest "
+        "first; fifo = in arrival order",
+    )
     cpus: list[int] | None = Field(
         None, description="pin validator actors to these CPU cores (Linux)"
     )

@@ -2,11 +2,13 @@
 
 Runs the same search once per decision policy, in one session on one machine, and compares
 what each trained: ``at_checkpoint`` (a validated metric reaches the scheduler with the trial's
-next checkpoint report: the old behaviour), ``on_landing`` (as the pool records it) and
-``rung_wait`` (on landing, and a trial pauses at each rung until the scheduler decides). For
-each: trial-steps run against the unscheduled count, each stopped trial's step at stopping, and
-the decision lag (steps trained past each rung before its decision). The baseline is the
-``at_checkpoint`` run of the same session.
+next checkpoint report, the pool in arrival order: the old behaviour), ``on_landing`` (as the
+pool records it, rung checkpoints validated first) and ``rung_wait`` (on landing, and a trial
+pauses at each rung until the scheduler decides); and, when asked, ``on_landing_fifo`` (the pool
+in arrival order, which matters once validators are busy). For each: trial-steps run against
+the unscheduled count, each stopped trial's step at stopping, and the decision lag (steps
+trained past each rung before its decision). The baseline is the ``at_checkpoint`` run of the
+same session.
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+_OLD = ["tune.metric_delivery=at_checkpoint", "tune.rung_wait=none", "validation.order=fifo"]
+_LANDING = ["tune.metric_delivery=on_landing", "tune.rung_wait=none"]
 POLICIES = {  # name → overrides
-    "at_checkpoint": ["tune.metric_delivery=at_checkpoint", "tune.rung_wait=none"],
-    "on_landing": ["tune.metric_delivery=on_landing", "tune.rung_wait=none"],
-    "rung_wait": ["tune.metric_delivery=on_landing", "tune.rung_wait=until_validated"],
+    "at_checkpoint": _OLD,  # the behaviour before: next report, arrival order
+    "on_landing": [*_LANDING, "validation.order=rungs_first"],
+    "rung_wait": [
+        "tune.metric_delivery=on_landing",
+        "tune.rung_wait=until_validated",
+        "validation.order=rungs_first",
+    ],
+    # The pool's order alone (not run unless asked): it matters once validators are busy.
+    "on_landing_fifo": [*_LANDING, "validation.order=fifo"],
 }
+DEFAULT = ("at_checkpoint", "on_landing", "rung_wait")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument(
         "--policies",
-        default=",".join(POLICIES),
+        default=",".join(DEFAULT),
         help=f"comma-separated, from {', '.join(POLICIES)}",
     )
     p.add_argument("--out", type=Path, default=Path("bench-out/stopping.json"))
@@ -83,6 +94,9 @@ def _row(policy: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
         "trial_steps_without_scheduler": without,
         "saved": 1 - run / max(1, without),
         "rung_checkpoints": summary["rung_checkpoints"],
+        "mean_decision_lag_steps": _mean(
+            [lag for t in summary["trials"] for lag in t["decision_lag_steps"].values()]
+        ),
         "best_trial": (summary["best_trial"] or {}).get("config"),
         "best_metric": (summary["best_trial"] or {}).get("best_metric"),
         "trials": [
@@ -99,15 +113,21 @@ def _row(policy: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
     }
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _line(row: dict[str, Any]) -> str:
     stops = [
         f"{t['config']} at {t['steps_run']} (on step {t['decided_on_step']})"
         for t in row["trials"]
         if t["stopped_early"]
     ]
+    lag = row["mean_decision_lag_steps"]
     return (
         f"{row['policy']}: {row['trial_steps_run']} of {row['trial_steps_without_scheduler']} "
-        f"trial-steps ({row['saved']:.0%} saved) in {row['wall_s']:.0f} s; stopped: "
+        f"trial-steps ({row['saved']:.0%} saved) in {row['wall_s']:.0f} s; mean decision lag "
+        f"{'-' if lag is None else f'{lag:.1f}'} steps; stopped: "
         f"{'; '.join(stops) or 'none'}"
     )
 

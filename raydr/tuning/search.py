@@ -107,13 +107,17 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     # Reports without a validated metric yet are normal here: the scheduler skips them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     pool = start_pool(cfg)
-    waits = cfg.tune.rung_wait == "until_validated"
-    hold_at = rung_checkpoints(cfg, steps) if waits else ()
-    if waits:
-        log.info("trials pause at the rung checkpoints %s until the scheduler decides", hold_at)
+    rungs = rung_checkpoints(cfg, steps) if cfg.tune.scheduler.type == "asha" else ()
+    hold = cfg.tune.rung_wait == "until_validated"
+    if hold:
+        log.info("trials pause at the rung checkpoints %s until the scheduler decides", rungs)
     trainable = tune.with_resources(
         tune.with_parameters(
-            tune_trial, base=cfg.model_dump(mode="json"), pool=pool_name(cfg.name), hold_at=hold_at
+            tune_trial,
+            base=cfg.model_dump(mode="json"),
+            pool=pool_name(cfg.name),
+            rungs=rungs,
+            hold=hold,
         ),
         {"cpu": cfg.tune.trial_cpus},
     )
@@ -143,7 +147,6 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     progress = ray.get(pool.progress.remote())  # where each trial's training really got to
     ray.get(pool.close.remote())
     ray.kill(pool)
-    rungs = rung_checkpoints(cfg, steps) if cfg.tune.scheduler.type == "asha" else ()
     return summarize(cfg, grid, metric, steps, progress=progress, rungs=rungs)
 
 

@@ -22,10 +22,15 @@ from raydr.validation.ledger import VALIDATED_STEP
 
 
 def tune_trial(
-    params: dict[str, Any], base: dict[str, Any], pool: str, hold_at: tuple[int, ...] = ()
+    params: dict[str, Any],
+    base: dict[str, Any],
+    pool: str,
+    rungs: tuple[int, ...] = (),
+    hold: bool = False,
 ) -> None:
     """One trial: its config, a TorchTrainer reporting through Tune, then the last validations.
-    ``hold_at``: the rung checkpoints where training waits for the scheduler's decision."""
+    ``rungs``: the checkpoints the scheduler decides on (validated first); ``hold``: training
+    waits at each until the scheduler has decided."""
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -47,7 +52,7 @@ def tune_trial(
         couriers.start(handle, trial, metrics) if cfg.tune.metric_delivery == "on_landing" else None
     )
     # Pausing at a rung needs a courier to carry the metric while no reports are made.
-    hook = PoolHook(pool, trial, metrics, hold_at=hold_at if courier is not None else ())
+    hook = PoolHook(pool, trial, metrics, rungs, wait_at_rungs=hold and courier is not None)
     negatives = PoolNegatives.for_run(cfg, pool, trial)
     try:
         result = fit(cfg, hook=hook, callbacks=[callback], negatives=negatives)

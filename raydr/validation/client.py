@@ -26,7 +26,8 @@ class PoolHook:
     pool: str  # the pool actor's name
     trial: str  # the ledger's trial key
     metrics: list[str]  # the metric names a report carries
-    hold_at: tuple[int, ...] = ()  # checkpoint steps where training waits for the scheduler
+    rungs: tuple[int, ...] = ()  # checkpoint steps a scheduler decides on: validated first
+    wait_at_rungs: bool = False  # pause at those steps until the scheduler has decided
     _pool: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -45,17 +46,17 @@ class PoolHook:
 
     def on_checkpoint(self, step: int, uri: str) -> None:
         # Fire and forget: the pool owns the work from here, even if this trial is stopped.
-        self._handle(fresh=True).submit.remote(self.trial, step, uri)
+        self._handle(fresh=True).submit.remote(self.trial, step, uri, step in self.rungs)
 
     def progress(self, step: int) -> None:
         # Fire and forget: where a stopped trial really was, for honest trial-step counts.
         self._handle().heartbeat.remote(self.trial, step)
 
     def hold(self, step: int) -> None:
-        """At a scheduler rung (``hold_at``), wait until the scheduler has decided on this
-        checkpoint's metric: a trial it stops never trains past the rung. Every rank waits
+        """At a scheduler rung (with ``wait_at_rungs``), wait until the scheduler has decided on
+        this checkpoint's metric: a trial it stops never trains past the rung. Every rank waits
         here (not in a collective, whose timeout a long validation queue could exceed)."""
-        if step not in self.hold_at:
+        if not self.wait_at_rungs or step not in self.rungs:
             return
         import time
 

@@ -48,6 +48,18 @@ class _Job:
     path: str
     validate: bool = True
     mine: str | None = None  # "refresh" | "nystrom" | None
+    rung: bool = False  # a scheduler decides on this checkpoint's metric
+    seq: int = 0  # arrival order, set when queued
+
+
+def pick(waiting: list[_Job], served: dict[str, int], order: str) -> _Job:
+    """The job a free validator takes. ``rungs_first``: checkpoints a scheduler is waiting on
+    first (a decision there stops or keeps a whole trial); then the trial served longest ago, so
+    one trial's burst of checkpoints cannot starve the others; within a trial, the oldest (its
+    metrics reach the scheduler in step order). ``served``: trial → when it was last served."""
+    if order == "fifo":
+        return min(waiting, key=lambda j: j.seq)
+    return min(waiting, key=lambda j: (not j.rung, served.get(j.trial, -1), j.seq))
 
 
 @dataclass
@@ -109,24 +121,36 @@ class ValidationPool:
             return
         self._started = True
         self._changed = asyncio.Event()  # set (and replaced) when a row closes or a rung opens
-        self._jobs: asyncio.Queue = asyncio.Queue()
+        self._waiting: list[_Job] = []
+        self._arrived = asyncio.Event()
+        self._seq = 0
+        self._served: dict[str, int] = {}  # trial → dispatch number when last served
+        self._dispatched = 0
         self._free: asyncio.Queue = asyncio.Queue()
         for actor in self.actors:
             self._free.put_nowait(actor)
         # Work owed from before a restart: intake rows with no outcome yet.
         for row in self.ledger.pending():
-            self._jobs.put_nowait(_Job(row["trial"], int(row["step"]), row["checkpoint"]))
+            self._queue(_Job(row["trial"], int(row["step"]), row["checkpoint"]))
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
 
-    async def submit(self, trial: str, step: int, path: str) -> bool:
-        """Queue a checkpoint once; → False when it is already queued, running or recorded."""
+    def _queue(self, job: _Job) -> None:
+        self._seq += 1
+        job.seq = self._seq
+        self._waiting.append(job)
+        self._arrived.set()
+
+    async def submit(self, trial: str, step: int, path: str, rung: bool = False) -> bool:
+        """Queue a checkpoint once; → False when it is already queued, running or recorded.
+        ``rung``: a scheduler decides on its metric (validated first, see ``pick``)."""
         await self._start()
         key = (trial, int(step))
         if key in self.ledger.state() or key in self._inflight:
             return False
         self.ledger.append(rows.pending(trial, step, path))
         mining = self._mining.get(trial)
-        self._jobs.put_nowait(_Job(trial, int(step), path, mine=mining and mining.plan(int(step))))
+        plan = mining and mining.plan(int(step))
+        self._queue(_Job(trial, int(step), path, mine=plan, rung=rung))
         return True
 
     async def published(
@@ -139,15 +163,23 @@ class ValidationPool:
         state = self._mining.get(trial)
         if state is None:
             state = self._mining[trial] = _Mining(settings)
-            self._jobs.put_nowait(_Job(trial, 0, model, validate=False, mine="refresh"))
+            self._queue(_Job(trial, 0, model, validate=False, mine="refresh"))
         if state.published is None or state.published[0] <= have_step:
             return None
         return [state.published[0], state.published[1]]
 
     async def _dispatch(self) -> None:
         while True:
-            job = await self._jobs.get()
+            # A free validator first, then the best job at that moment: a rung checkpoint that
+            # arrives while every validator is busy still goes ahead of older work.
             actor = await self._free.get()
+            while not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+            job = pick(self._waiting, self._served, self.cfg.validation.order)
+            self._waiting.remove(job)
+            self._dispatched += 1
+            self._served[job.trial] = self._dispatched
             self._inflight.add((job.trial, job.step))
             asyncio.get_running_loop().create_task(self._run(actor, job))
 
@@ -195,7 +227,7 @@ class ValidationPool:
                 log.warning(
                     "validator died on %s step %d; re-doing (attempt %d)", trial, step, attempts
                 )
-                self._jobs.put_nowait(job)  # training keeps the previous index meanwhile
+                self._queue(job)  # training keeps the previous index meanwhile
             elif job.validate:
                 self._record_failure(trial, step, path, f"validator died {attempts} times: {exc}")
             else:
@@ -327,7 +359,7 @@ class ValidationPool:
 
     async def idle(self) -> bool:
         await self._start()
-        return self._jobs.empty() and not self._inflight
+        return not self._waiting and not self._inflight
 
     async def actor_handles(self) -> list:
         return list(self.actors)

@@ -77,6 +77,28 @@ def test_two_checkpoints_validated_concurrently_and_match_evaluate(
     ray.kill(pool)
 
 
+def test_rung_checkpoints_go_first_then_trials_take_turns(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1)
+    ckpt = str(write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 1, cfg))
+    pool = start_pool(cfg)
+    # The one validator takes z's checkpoint at once and spends its cold start on it, while
+    # the rest queue: trial a's three (the last at a rung), then trial b's two (the last too).
+    assert ray.get(pool.submit.remote("z", 1, ckpt))
+    queued = [("a", 4, False), ("a", 8, False), ("a", 12, True), ("b", 4, False), ("b", 8, True)]
+    assert all(ray.get([pool.submit.remote(t, s, ckpt, rung) for t, s, rung in queued]))
+    _wait(pool)
+    order = [(r["trial"], r["step"]) for r in Ledger.for_run(cfg).rows() if r["status"] == "done"]
+    # In arrival order this would be z1 a4 a8 a12 b4 b8: b's rung metric would wait for all of
+    # a's checkpoints, and b for a's burst.
+    assert order == [("z", 1), ("a", 12), ("b", 8), ("a", 4), ("b", 4), ("a", 8)]
+    ray.kill(pool)
+
+
 def test_actor_killed_mid_validation_is_redone_exactly_once(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:

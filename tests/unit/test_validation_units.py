@@ -139,3 +139,20 @@ def test_watch_waits_for_every_file_of_a_checkpoint_copied_record_first(
                 checkpoint.read(dst)
     assert watcher.poll() == [dst]
     assert checkpoint.read(dst).step == 3
+
+
+def test_a_free_validator_takes_rungs_first_then_the_trial_served_longest_ago() -> None:
+    from raydr.validation.pool import _Job, pick
+
+    def job(trial: str, step: int, seq: int, rung: bool = False) -> _Job:
+        return _Job(trial, step, f"/c/{trial}/{step}", rung=rung, seq=seq)
+
+    waiting = [job("a", 4, 1), job("a", 8, 2), job("b", 4, 3), job("c", 12, 4, rung=True)]
+    assert pick(waiting, {}, "rungs_first").step == 12  # the rung, though it came last
+    assert pick(waiting, {}, "fifo") is waiting[0]
+    rest = waiting[:3]
+    # a was served more recently than b: b's turn, though a's checkpoints came first.
+    assert pick(rest, {"a": 7, "b": 5}, "rungs_first") is rest[2]
+    assert pick(rest, {"a": 7, "b": 5}, "fifo") is rest[0]
+    # A trial never served goes before one served; within a trial, the oldest checkpoint.
+    assert pick(rest, {"b": 5}, "rungs_first") is rest[0]
