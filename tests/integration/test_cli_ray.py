@@ -147,7 +147,10 @@ def test_a_failing_worker_ends_in_one_line_naming_its_cause_and_the_full_log(
     ours = [line for line in done.stderr.splitlines() if line.startswith("raydr: error:")]
     assert len(ours) == 1 and done.stderr.rstrip().endswith(ours[0]), done.stderr[-4000:]
     line = ours[0]
-    assert "training failed: ranks 0,1:" in line and "cannot load model weights" in line, line
+    # Both ranks fail; Ray's controller may abort the group on the first failure it polls,
+    # before the other rank's has reached it (seen once in a suite run): either or both ranks.
+    assert re.search(r"training failed: (rank [01]|ranks 0,1): ", line), line
+    assert "cannot load model weights" in line, line
     log = Path(line.split("full log: ")[1])
     assert log == tmp_path / "runs" / "cli-job" / "train-failure.log"
     assert "Traceback" in log.read_text() and "broken-model" in log.read_text()
