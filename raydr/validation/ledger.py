@@ -1,11 +1,12 @@
 """The validation ledger: append-only JSON lines, one per event, the single source of truth.
 
 This module owns the ledger's location (``Ledger.for_run``), the shape of its rows (``pending``,
-``done``, ``failed``) and the one projection of a row into what a training report and Ray Tune
+``done``, ``failed``, ``cancelled``) and the one projection of a row into what a training report and Ray Tune
 receive (``report_metrics``). Every reader goes through it.
 
-A checkpoint is *pending* from intake until a *done* or *failed* row closes it, so a restarted
-pool knows what is still owed; the first closing row is final (exactly one outcome per
+A checkpoint is *pending* from intake until a *done*, *failed* or *cancelled* row closes it
+(cancelled: its trial was stopped by the scheduler before a validator took it, under
+``tune.stopped_checkpoints=cancel``), so a restarted pool knows what is still owed; the first closing row is final (exactly one outcome per
 checkpoint). Each append is one ``write`` of one line followed by fsync; a crash can only leave
 a torn last line, which readers skip and the next writer cuts off.
 """
@@ -23,8 +24,8 @@ from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
 
 Key = tuple[str, int]  # (trial, step)
-Status = Literal["pending", "done", "failed"]
-CLOSED: frozenset[str] = frozenset({"done", "failed"})
+Status = Literal["pending", "done", "failed", "cancelled"]
+CLOSED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 _FILE = "ledger.jsonl"
 # The report key that carries the step a validated metric was measured on: Tune's time attribute.
 VALIDATED_STEP = "validated_step"
@@ -35,7 +36,8 @@ _REQUIRED = {"trial", "step", "status", "checkpoint"}
 
 class Row(TypedDict, total=False):
     """One ledger line. ``trial``, ``step``, ``checkpoint``, ``status`` and ``time`` are always
-    there; ``metrics`` (a flat dict from the validator) on done rows, ``error`` on failed ones."""
+    there; ``metrics`` (a flat dict from the validator) on done rows, ``error`` on failed ones and
+    the reason on cancelled ones."""
 
     time: float
     trial: str
@@ -63,6 +65,11 @@ def done(trial: str, step: int, checkpoint: str, metrics: dict[str, Any], **extr
 def failed(trial: str, step: int, checkpoint: str, reason: str) -> Row:
     """Closing row for a checkpoint that could not be validated, with the reason."""
     return Row(trial=trial, step=int(step), checkpoint=checkpoint, status="failed", error=reason)
+
+
+def cancelled(trial: str, step: int, checkpoint: str, reason: str) -> Row:
+    """Closing row for a queued checkpoint that will not be validated: its trial was stopped."""
+    return Row(trial=trial, step=int(step), checkpoint=checkpoint, status="cancelled", error=reason)
 
 
 def validation_dir(cfg: RaydrConfig) -> Path:

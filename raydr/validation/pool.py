@@ -12,7 +12,9 @@ keeps serving.
 The pool is also where a search's trials meet the scheduler: rank 0 beats its step here
 (``heartbeat``), a trial's courier long-polls for rows as they close (``landed``) to hand them to
 Tune at once, and a trial paused at a scheduler rung waits here (``wait_released``) until the
-driver's scheduler has decided on that rung's metric (``release``).
+driver's scheduler has decided on that rung's metric (``release``). When the scheduler stops a
+trial and the search says ``tune.stopped_checkpoints=cancel``, the driver has the pool drop that
+trial's queued work (``cancel``): no decision will read those metrics.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class ValidationPool:
         self._mining: dict[str, _Mining] = {}
         self._progress: dict[str, int] = {}  # trial → the newest step rank 0 finished
         self._released: dict[str, int] = {}  # trial → newest validated step the scheduler passed
+        self._stopped: dict[str, str] = {}  # trial → why its queued checkpoints are cancelled
 
     async def _start(self) -> None:
         if self._started:
@@ -148,10 +151,30 @@ class ValidationPool:
         if key in self.ledger.state() or key in self._inflight:
             return False
         self.ledger.append(rows.pending(trial, step, path))
+        if trial in self._stopped:  # a checkpoint that raced its trial's stop
+            self.ledger.append(rows.cancelled(trial, step, path, self._stopped[trial]))
+            self._signal()
+            return False
         mining = self._mining.get(trial)
         plan = mining and mining.plan(int(step))
         self._queue(_Job(trial, int(step), path, mine=plan, rung=rung))
         return True
+
+    async def cancel(self, trial: str, reason: str = "its trial was stopped") -> int:
+        """``trial`` was stopped: close each of its queued checkpoints with a cancelled row and
+        drop its queued mining work. A checkpoint already being validated finishes (its row
+        comes as usual), and one submitted from now on is closed at intake, so each checkpoint
+        still gets exactly one closing row. → checkpoints cancelled."""
+        await self._start()
+        self._stopped[trial] = reason
+        theirs = [job for job in self._waiting if job.trial == trial]
+        self._waiting = [job for job in self._waiting if job.trial != trial]
+        dropped = [job for job in theirs if job.validate]
+        for job in dropped:
+            self.ledger.append(rows.cancelled(trial, job.step, job.path, reason))
+        if dropped:
+            self._signal()
+        return len(dropped)
 
     async def published(
         self, trial: str, have_step: int, settings: dict[str, Any], model: str

@@ -77,25 +77,67 @@ def test_two_checkpoints_validated_concurrently_and_match_evaluate(
     ray.kill(pool)
 
 
+def _one_validator(tmp_path: Path, dataset: Path, model: Path):
+    """A pool of one validator, and a checkpoint to submit. → (config, checkpoint, pool)."""
+    from raydr.validation.pool import start_pool
+
+    cfg = _cfg(tmp_path, dataset, model, num_actors=1)
+    ckpt = str(write_checkpoint(tmp_path / "ckpts", model, 1, cfg))
+    return cfg, ckpt, start_pool(cfg)
+
+
 def test_rung_checkpoints_go_first_then_trials_take_turns(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:
     from raydr.validation.ledger import Ledger
-    from raydr.validation.pool import start_pool
 
-    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1)
-    ckpt = str(write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 1, cfg))
-    pool = start_pool(cfg)
+    cfg, ckpt, pool = _one_validator(tmp_path, tiny_dataset, tiny_model_dir)
     # The one validator takes z's checkpoint at once and spends its cold start on it, while
     # the rest queue: trial a's three (the last at a rung), then trial b's two (the last too).
     assert ray.get(pool.submit.remote("z", 1, ckpt))
     queued = [("a", 4, False), ("a", 8, False), ("a", 12, True), ("b", 4, False), ("b", 8, True)]
-    assert all(ray.get([pool.submit.remote(t, s, ckpt, rung) for t, s, rung in queued]))
+    # One at a time: an async actor may start concurrent calls in any order.
+    assert all(ray.get(pool.submit.remote(t, s, ckpt, rung)) for t, s, rung in queued)
     _wait(pool)
     order = [(r["trial"], r["step"]) for r in Ledger.for_run(cfg).rows() if r["status"] == "done"]
     # In arrival order this would be z1 a4 a8 a12 b4 b8: b's rung metric would wait for all of
     # a's checkpoints, and b for a's burst.
     assert order == [("z", 1), ("a", 12), ("b", 8), ("a", 4), ("b", 4), ("a", 8)]
+    ray.kill(pool)
+
+
+def test_a_stopped_trials_queued_checkpoints_are_cancelled_with_one_closing_row_each(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import CLOSED, Ledger
+
+    cfg, ckpt, pool = _one_validator(tmp_path, tiny_dataset, tiny_model_dir)
+    # The one validator takes a's first checkpoint (its cold start keeps it busy) while a's
+    # next two and b's one queue; then the scheduler stops a.
+    assert ray.get(pool.submit.remote("a", 1, ckpt))
+    assert all(ray.get([pool.submit.remote(t, s, ckpt) for t, s in [("a", 4), ("a", 8), ("b", 4)]]))
+    deadline = time.time() + 30
+    while ray.get(pool.inflight.remote()) != [("a", 1)] and time.time() < deadline:
+        time.sleep(0.005)
+    assert ray.get(pool.cancel.remote("a", "stopped by the test")) == 2
+    # A checkpoint that raced the stop is closed at intake.
+    assert ray.get(pool.submit.remote("a", 12, ckpt)) is False
+    _wait(pool)
+    rows = Ledger.for_run(cfg).rows()
+    closing: dict[tuple, list[str]] = {}
+    for r in rows:
+        if r["status"] in CLOSED:
+            closing.setdefault((r["trial"], r["step"]), []).append(r["status"])
+    # Exactly one closing row per checkpoint: the one being validated finished.
+    assert closing == {
+        ("a", 1): ["done"],
+        ("a", 4): ["cancelled"],
+        ("a", 8): ["cancelled"],
+        ("a", 12): ["cancelled"],
+        ("b", 4): ["done"],
+    }
+    assert {r["error"] for r in rows if r["status"] == "cancelled"} == {"stopped by the test"}
+    assert not Ledger.for_run(cfg).pending() and ray.get(pool.owed.remote("a")) == 0
     ray.kill(pool)
 
 
