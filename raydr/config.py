@@ -359,6 +359,21 @@ class TuneConfig(Section):
         "resources, until the scheduler has decided on that checkpoint's metric",
     )
 
+    stopped_checkpoints: Literal["finish", "cancel"] = Field(
+        "finish",
+        description="what the validation pool does with the queued checkpoints of a trial the "
+        "scheduler stops: finish = validate them anyway (full curves); cancel = close each with a "
+        "'cancelled' ledger row and spend the validators on live trials (one being validated "
+        "finishes)",
+    )
+    confirm_top_k: int = Field(
+        3,
+        ge=0,
+        description="after the search, re-validate the best checkpoint of the top k trials on "
+        "the full corpus of validation.split and name the winner on that; 0 = name it on the "
+        "validation subset",
+    )
+
     @model_validator(mode="after")
     def _rung_wait_needs_rungs(self) -> TuneConfig:
         if self.rung_wait == "none":

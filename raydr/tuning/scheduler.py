@@ -129,3 +129,26 @@ class LagWatch(Callback):
             f"; that validation took {waited:.0f} s from intake" if waited is not None else "",
             "" if self.rung_wait != "none" else ", or tune.rung_wait=until_validated",
         )
+
+
+class CancelStopped(Callback):
+    """``tune.stopped_checkpoints=cancel``: when the scheduler stops a trial, the pool cancels
+    its queued checkpoints, since no decision will read their metrics and live trials' rung
+    checkpoints would wait behind them. A trial that ended on its own (its last report says
+    ``trial_complete``) has nothing queued: it waited for its validations before returning."""
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if (trial.last_result or {}).get("trial_complete"):
+            return
+        import ray
+
+        from raydr.validation.pool import NAMESPACE
+
+        try:
+            handle = ray.get_actor(self.pool, namespace=NAMESPACE)
+        except ValueError:  # no pool: nothing is queued anywhere
+            return
+        handle.cancel.remote(trial.trial_id, "its trial was stopped by the scheduler")

@@ -76,7 +76,12 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     from ray import tune
 
     from raydr.training.trainer import check_capacity, init_ray, preflight
-    from raydr.tuning.scheduler import LagWatch, build_scheduler, rung_checkpoints
+    from raydr.tuning.scheduler import (
+        CancelStopped,
+        LagWatch,
+        build_scheduler,
+        rung_checkpoints,
+    )
     from raydr.tuning.space import check_metric, parse_space
     from raydr.tuning.summary import summarize
     from raydr.tuning.trial import tune_trial
@@ -111,6 +116,9 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     hold = cfg.tune.rung_wait == "until_validated"
     if hold:
         log.info("trials pause at the rung checkpoints %s until the scheduler decides", rungs)
+    callbacks = [LagWatch(cfg.training.checkpoint_every, cfg.tune.rung_wait)]
+    if cfg.tune.stopped_checkpoints == "cancel":
+        callbacks.append(CancelStopped(pool_name(cfg.name)))
     trainable = tune.with_resources(
         tune.with_parameters(
             tune_trial,
@@ -139,15 +147,42 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
             run_config=tune.RunConfig(
                 name=cfg.name,
                 storage_path=paths.tune_storage,
-                callbacks=[LagWatch(cfg.training.checkpoint_every, cfg.tune.rung_wait)],
+                callbacks=callbacks,
             ),
         )
     grid = tuner.fit()
-    wait_idle(pool)  # checkpoints of stopped trials are still being validated
-    progress = ray.get(pool.progress.remote())  # where each trial's training really got to
-    ray.get(pool.close.remote())
-    ray.kill(pool)
-    return summarize(cfg, grid, metric, steps, progress=progress, rungs=rungs)
+    try:
+        wait_idle(pool)  # checkpoints of stopped trials may still be being validated
+        progress = ray.get(pool.progress.remote())  # where each trial's training really got to
+    finally:
+        ray.get(pool.close.remote())
+        ray.kill(pool)
+    return summarize(
+        cfg,
+        grid,
+        metric,
+        steps,
+        progress=progress,
+        rungs=rungs,
+        validate_full=lambda pairs: validate_full(cfg, pairs),
+    )
+
+
+def validate_full(cfg: RaydrConfig, pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Each (checkpoint, step) validated on the full corpus, as Ray tasks shaped like a
+    validator (its CPUs, GPU fraction and custom resources): the search is over, so they
+    spread over everything it held and run side by side."""
+    import ray
+
+    from raydr.validation.validator import validate_full as validate_one
+
+    v = cfg.validation
+    cpus = max(1.0, v.num_cpus)  # a whole core each: nothing else runs now
+    task = ray.remote(validate_one).options(
+        num_cpus=cpus, num_gpus=v.num_gpus, resources=dict(v.resources) or None
+    )
+    tree = cfg.model_dump(mode="json")
+    return ray.get([task.remote(tree, path, step, int(cpus)) for path, step in pairs])
 
 
 def warn_without_state_api() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from raydr.config import RaydrConfig
+from raydr.tuning.confirm import Validate
+
+log = logging.getLogger(__name__)
 
 
 def summarize(
@@ -15,10 +19,12 @@ def summarize(
     total_steps: int,
     progress: dict[str, int] | None = None,
     rungs: tuple[int, ...] = (),
+    validate_full: Validate | None = None,
 ) -> dict[str, Any]:
     """``progress``: each trial's newest finished training step (the pool's heartbeats; a
     stopped trial ran past its last report); ``rungs``: ASHA's rung checkpoints, whose decision
-    lags the summary gives."""
+    lags the summary gives; ``validate_full``: validates checkpoints on the full corpus, to
+    confirm the top ``tune.confirm_top_k`` trials (None: the winner is named on the subset)."""
     from raydr import atomic
     from raydr.validation.ledger import VALIDATED_STEP, Ledger
     from raydr.validation.report import best_row, export, plot_curves
@@ -26,6 +32,7 @@ def summarize(
     ledger = Ledger.for_run(cfg)
     run_dir = cfg.paths.run_dir
     trials, stopped = [], set()
+    state = ledger.state()
     for result in grid:
         trial = Path(result.path).name if result.path else "?"
         metrics = result.metrics or {}
@@ -39,6 +46,7 @@ def summarize(
         if not complete:
             stopped.add(trial_id)
         received = _received(result, VALIDATED_STEP)
+        closed = [r for (t, _), r in state.items() if t == trial_id]
         lags = decision_lags(received, rungs, None if complete else reached)
         trials.append(
             {
@@ -46,7 +54,9 @@ def summarize(
                 "config": {k: v for k, v in (result.config or {}).items()},
                 "best_metric": best["metrics"][metric] if best else None,
                 "best_step": best["step"] if best else None,
+                "checkpoint": best["checkpoint"] if best else None,
                 "validated_checkpoints": len(rows),
+                "cancelled_checkpoints": sum(r["status"] == "cancelled" for r in closed),
                 "last_training_step": reached,
                 "stopped_early": not complete,
                 # The validated step whose metric stopped it: its last report's.
@@ -55,16 +65,22 @@ def summarize(
                 "error": str(result.error) if result.error else None,
             }
         )
-    scored = [t for t in trials if t["best_metric"] is not None]
-    best_trial = (
-        max(scored, key=lambda t: t["best_metric"] * (1 if cfg.tune.mode == "max" else -1))
-        if scored
-        else None
+    sign = 1 if cfg.tune.mode == "max" else -1
+    scored = sorted(
+        (t for t in trials if t["best_metric"] is not None), key=lambda t: -sign * t["best_metric"]
     )
+    best_trial = scored[0] if scored else None
+    confirmation = None
+    if validate_full is not None and cfg.tune.confirm_top_k and scored:
+        confirmation = _confirm(scored[: cfg.tune.confirm_top_k], metric, cfg, validate_full)
+        if "winner" in confirmation:
+            full = {c["trial"]: c["full"] for c in confirmation["trials"]}
+            for t in trials:
+                t["full_corpus_metric"] = full.get(t["trial"])
+            best_trial = next(t for t in trials if t["trial"] == confirmation["winner"])
     exported = None
     if best_trial is not None:
-        row = best_row(ledger.results(best_trial["trial"]), metric)
-        exported = str(export(row, run_dir / "best_model"))
+        exported = str(export({"checkpoint": best_trial["checkpoint"]}, run_dir / "best_model"))
     png = plot_curves(
         ledger,
         metric,
@@ -84,20 +100,67 @@ def summarize(
         "rung_checkpoints": list(rungs),
         "metric_delivery": cfg.tune.metric_delivery,
         "rung_wait": cfg.tune.rung_wait,
+        "winner_named_on": "full corpus" if confirmation and "winner" in confirmation else "subset",
+        "confirmation": confirmation,
+        "validation": validation_work(ledger, cfg.tune.stopped_checkpoints),
     }
     atomic.write_json(run_dir / "summary.json", summary)
     return summary
 
 
+def _confirm(top: list[dict[str, Any]], metric: str, cfg: RaydrConfig, validate) -> dict:
+    """The full-corpus confirmation of ``top``; a failure leaves the subset's winner standing,
+    with a warning, rather than losing the search's results."""
+    from raydr.tuning.confirm import confirm
+
+    candidates = [
+        {
+            "trial": t["trial"],
+            "step": t["best_step"],
+            "checkpoint": t["checkpoint"],
+            "subset": t["best_metric"],
+        }
+        for t in top
+    ]
+    try:
+        return confirm(candidates, metric, cfg.tune.mode, validate)
+    except Exception as exc:  # a pruned checkpoint, a validator lost: keep what the search found
+        log.warning("full-corpus confirmation failed (%s); the winner is named on the subset", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def validation_work(ledger, policy: str) -> dict[str, Any]:
+    """What the validators did: checkpoints by outcome, validator-seconds spent (each done row's
+    ``validation_s``), and an estimate of those saved by cancelling (each cancelled checkpoint
+    at the mean cost of a done one)."""
+    closed = [r for r in ledger.state().values() if r["status"] != "pending"]
+    seconds = [
+        float(r["metrics"].get("validation_s", 0.0)) for r in closed if r["status"] == "done"
+    ]
+    cancelled = sum(r["status"] == "cancelled" for r in closed)
+    mean = sum(seconds) / len(seconds) if seconds else 0.0
+    return {
+        "stopped_checkpoints": policy,
+        "done": len(seconds),
+        "failed": sum(r["status"] == "failed" for r in closed),
+        "cancelled": cancelled,
+        "validator_seconds": sum(seconds),
+        "validator_seconds_saved_estimate": cancelled * mean,
+    }
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     metric = summary["metric"]
-    lines = [f"{'trial':<14} {metric:>9} {'at step':>8} {'stopped':>10}  config"]
+    lines = [f"{'trial':<14} {metric:>9} {'full':>7} {'at step':>8} {'stopped':>10}  config"]
     for t in sorted(summary["trials"], key=lambda t: -(t["best_metric"] or -1)):
         value = f"{t['best_metric']:.4f}" if t["best_metric"] is not None else "-"
+        full = f"{t['full_corpus_metric']:.4f}" if t.get("full_corpus_metric") is not None else "-"
         stop = f"at {t['last_training_step']}" if t["stopped_early"] else "no"
         lines.append(
-            f"{t['trial']:<14} {value:>9} {t['best_step'] or '-':>8} {stop:>10}  {t['config']}"
+            f"{t['trial']:<14} {value:>9} {full:>7} {t['best_step'] or '-':>8} {stop:>10}  "
+            f"{t['config']}"
         )
+    lines.append(f"({metric}: best checkpoint on the validation subset; full: on the full corpus)")
     saved = 1 - summary["trial_steps_run"] / max(1, summary["trial_steps_without_scheduler"])
     lines.append(
         f"trial-steps run: {summary['trial_steps_run']} of "
@@ -111,6 +174,30 @@ def format_summary(summary: dict[str, Any]) -> str:
     if lags:
         lines.append(
             "decision lag, steps trained past each rung before its decision: " + "; ".join(lags)
+        )
+    conf = summary.get("confirmation") or {}
+    if "winner" in conf:
+        tau = conf["kendall_tau"]
+        lines.append(
+            f"winner on the full corpus ({conf['corpus_size']} docs): {conf['winner']}"
+            f"{' (the subset named ' + conf['subset_winner'] + ')' if conf['winner_changed'] else ', as on the subset'}"
+            f"; Kendall tau of the top {len(conf['trials'])}, subset vs full: "
+            f"{'-' if tau is None else f'{tau:.2f}'}"
+        )
+    elif "error" in conf:
+        lines.append(
+            f"full-corpus confirmation failed ({conf['error']}): winner named on the subset"
+        )
+    work = summary.get("validation")
+    if work:
+        lines.append(
+            f"validation: {work['done']} checkpoints done, {work['cancelled']} cancelled, "
+            f"{work['failed']} failed; {work['validator_seconds']:.0f} validator-seconds"
+            + (
+                f" (about {work['validator_seconds_saved_estimate']:.0f} saved by cancelling)"
+                if work["cancelled"]
+                else ""
+            )
         )
     if summary["best_model"]:
         lines.append(f"best model: {summary['best_model']}")

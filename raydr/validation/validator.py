@@ -227,6 +227,12 @@ class Validator:
         return self.last_run
 
 
+def validate_full(config: dict[str, Any], path: str, step: int, threads: int) -> dict[str, Any]:
+    """The checkpoint validated on the whole corpus of the validation split, not the sampled
+    subset: what a search names its winner on (run as a Ray task, one per checkpoint)."""
+    return Validator(config, None, threads).validate(path, step)
+
+
 def _node_id() -> str | None:
     import ray
 

@@ -11,6 +11,10 @@ each delivery policy:
 - ``on_landing``: the metric reaches ASHA as the pool records it, and the trial is stopped
   within one checkpoint interval;
 - ``rung_wait=until_validated``: the trial waits at the rung and is stopped there.
+
+When the frozen trial is stopped its later checkpoints are still queued behind the slow
+validator: ``tune.stopped_checkpoints=finish`` validates them, ``cancel`` closes them as
+cancelled; under both, each checkpoint gets exactly one closing row.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def slow_ray(tmp_path_factory):
 def _search(tmp_path: Path, dataset: Path, model: Path, negatives: Path, caplog, **tune) -> dict:
     from raydr.tuning.search import run_search
 
-    name = f"rung-{tune.get('metric_delivery', 'x')}-{tune.get('rung_wait', 'none')}"
+    name = "rung-" + "-".join(str(v) for v in tune.values())
     tree = tiny_search_tree(name, tmp_path, dataset, model, negatives)
     del tree["ray"]  # the module's Ray, slowed
     # A learning trial first, so ASHA has its rung metrics when the frozen one runs.
@@ -103,7 +107,24 @@ def _search(tmp_path: Path, dataset: Path, model: Path, negatives: Path, caplog,
     trials = {t["config"]["training.lr"]: t for t in summary["trials"]}
     assert all(t["error"] is None for t in trials.values())
     assert trials[3e-3]["stopped_early"] is False
+    assert trials[3e-3]["cancelled_checkpoints"] == 0, "the kept trial lost a validation"
+    trials["summary"] = summary
+    trials["closing"] = _closing_rows(tmp_path / "runs" / name / "validation" / "ledger.jsonl")
     return trials
+
+
+def _closing_rows(ledger: Path) -> dict[tuple[str, int], list[str]]:
+    """Every checkpoint taken in → the statuses of its closing rows (exactly one each)."""
+    from raydr.validation.ledger import CLOSED, Ledger
+
+    closing: dict[tuple[str, int], list[str]] = {}
+    for row in Ledger(ledger).rows():
+        key = (row["trial"], row["step"])
+        closing.setdefault(key, [])
+        if row["status"] in CLOSED:
+            closing[key].append(row["status"])
+    assert all(len(statuses) == 1 for statuses in closing.values()), closing
+    return closing
 
 
 def _resources_returned(timeout_s: float = 30.0) -> None:
@@ -151,14 +172,42 @@ def test_at_checkpoint_delivery_lets_the_frozen_trial_run_to_its_end(
 def test_on_landing_delivery_stops_it_within_one_interval(
     slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path, caplog
 ) -> None:
-    frozen = _search(
+    trials = _search(
         tmp_path, tiny_dataset, tiny_model_dir, negatives, caplog, metric_delivery="on_landing"
-    )[1e-9]
+    )
+    frozen = trials[1e-9]
     assert frozen["stopped_early"] is True and frozen["decided_on_step"] == 8, frozen
     # The rung-8 metric landed two intervals on (at step 16); the stop came before the next
     # checkpoint: at most one interval after the metric landed, never at the end.
     assert 16 <= frozen["last_training_step"] < 20, frozen
     assert frozen["decision_lag_steps"][8] < 12, frozen
+    # stopped_checkpoints=finish (the default): its queued checkpoints were validated anyway.
+    mine = {s: v for (t, s), v in trials["closing"].items() if t == frozen["trial"]}
+    assert mine and all(v == ["done"] for v in mine.values()), mine
+    assert 16 in mine and trials["summary"]["validation"]["cancelled"] == 0
+
+
+def test_cancel_closes_the_stopped_trials_queued_checkpoints_as_cancelled(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path, caplog
+) -> None:
+    trials = _search(
+        tmp_path,
+        tiny_dataset,
+        tiny_model_dir,
+        negatives,
+        caplog,
+        metric_delivery="on_landing",
+        stopped_checkpoints="cancel",
+    )
+    frozen, work = trials[1e-9], trials["summary"]["validation"]
+    assert frozen["stopped_early"] is True, frozen
+    mine = {s: v[0] for (t, s), v in trials["closing"].items() if t == frozen["trial"]}
+    # When it was stopped (step 16-19), the one validator was busy with its step-12 or step-16
+    # checkpoint (that one finished) and the other was queued behind it: cancelled.
+    assert mine[8] == "done" and sorted([mine[12], mine[16]]) == ["cancelled", "done"], mine
+    assert frozen["cancelled_checkpoints"] == sum(v == "cancelled" for v in mine.values())
+    assert work["stopped_checkpoints"] == "cancel" and work["cancelled"] >= 1, work
+    assert work["validator_seconds_saved_estimate"] > 0, work
 
 
 def test_rung_wait_stops_it_at_the_rung(

@@ -88,7 +88,10 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
     from raydr.tuning.search import run_search
     from raydr.validation.ledger import Ledger
 
-    cfg = config.build(_tree(tmp_path, tiny_dataset, tiny_model_dir, negatives), "t")
+    tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    # A subset of 30 of the 40 docs (10 judged + 20 drawn), so the full corpus differs.
+    tree["validation"]["sampling"] = {"strategy": "random", "size": 20}
+    cfg = config.build(tree, "t")
     try:
         summary = run_search(cfg)
     finally:
@@ -126,6 +129,23 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
     assert not [r for r in ledger.pending() if r["trial"] == bad["trial"]]
     assert summary["trial_steps_run"] < summary["trial_steps_without_scheduler"]
     assert Path(summary["best_model"], "config.json").is_file()
+    # The winner was named on the full corpus: both trials' best checkpoints re-validated there,
+    # each value the one a validator of the whole corpus gives that checkpoint.
+    from raydr.validation.validator import Validator
+
+    conf = summary["confirmation"]
+    assert summary["winner_named_on"] == "full corpus" and conf["corpus_size"] == 40, conf
+    assert {c["trial"] for c in conf["trials"]} == {good["trial"], bad["trial"]}
+    whole = Validator(cfg.model_dump(mode="json"), None)
+    for cand in conf["trials"]:
+        assert cand["full"] == whole.validate(cand["checkpoint"], cand["step"])["nDCG@10"]
+        by_trial = {t["trial"]: t for t in summary["trials"]}
+        assert cand["subset"] == by_trial[cand["trial"]]["best_metric"]
+    assert summary["best_trial"]["trial"] == conf["winner"] == conf["trials"][0]["trial"]
+    assert summary["best_trial"]["full_corpus_metric"] == conf["trials"][0]["full"]
+    work = summary["validation"]
+    assert work["stopped_checkpoints"] == "finish" and work["cancelled"] == 0
+    assert work["done"] == len(ledger.results()) and work["validator_seconds"] > 0
     assert Path(summary["plot"]).is_file()
     assert list((tmp_path / "tune" / "tiny-tune").rglob("events.out.tfevents*")), (
         "no TensorBoard logs"
