@@ -390,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stopping_args(p)
     p.set_defaults(func=stopping_main)
+    from raydr.bench.search import add_arguments as search_args
+    from raydr.bench.search import main as search_main
+
+    p = benches.add_parser(
+        "search", help="an ASHA search against the same search unscheduled: steps saved, winners"
+    )
+    search_args(p)
+    p.set_defaults(func=search_main)
     return parser
 
 

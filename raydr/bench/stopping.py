@@ -18,18 +18,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+_FINISH = "tune.stopped_checkpoints=finish"
 _OLD = ["tune.metric_delivery=at_checkpoint", "tune.rung_wait=none", "validation.order=fifo"]
 _LANDING = ["tune.metric_delivery=on_landing", "tune.rung_wait=none"]
 POLICIES = {  # name → overrides
-    "at_checkpoint": _OLD,  # the behaviour before: next report, arrival order
-    "on_landing": [*_LANDING, "validation.order=rungs_first"],
+    "at_checkpoint": [*_OLD, _FINISH],  # the behaviour before: next report, arrival order
+    "on_landing": [*_LANDING, "validation.order=rungs_first", _FINISH],
     "rung_wait": [
         "tune.metric_delivery=on_landing",
         "tune.rung_wait=until_validated",
         "validation.order=rungs_first",
+        _FINISH,
     ],
-    # The pool's order alone (not run unless asked): it matters once validators are busy.
-    "on_landing_fifo": [*_LANDING, "validation.order=fifo"],
+    # Not run unless asked. The pool's order alone: it matters once validators are busy.
+    "on_landing_fifo": [*_LANDING, "validation.order=fifo", _FINISH],
+    # A stopped trial's queued checkpoints cancelled rather than validated (validator-seconds).
+    "on_landing_cancel": [
+        *_LANDING,
+        "validation.order=rungs_first",
+        "tune.stopped_checkpoints=cancel",
+    ],
 }
 DEFAULT = ("at_checkpoint", "on_landing", "rung_wait")
 
@@ -49,7 +57,7 @@ def main(args: argparse.Namespace) -> None:
     import ray
 
     from raydr import config
-    from raydr.bench.common import machine, write_json
+    from raydr.bench.common import machine
     from raydr.errors import RaydrError
     from raydr.tuning.search import run_search
 
@@ -67,7 +75,7 @@ def main(args: argparse.Namespace) -> None:
         )
         t0 = time.perf_counter()
         summary = run_search(cfg)
-        runs.append(_row(policy, summary, time.perf_counter() - t0))
+        runs.append(run_row(policy, summary, time.perf_counter() - t0))
         print(_line(runs[-1]), flush=True)
     ray.shutdown()
     payload = {
@@ -78,14 +86,22 @@ def main(args: argparse.Namespace) -> None:
         "runs": runs,
         "ratios": _ratios(runs),
     }
-    write_json(args.out, payload)
-    plot(payload, args.out.with_suffix(".png"))
-    for key, value in payload["ratios"].items():
-        print(f"{key}: {value:.2f}")
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    publish(payload, args.out, payload["ratios"])
 
 
-def _row(policy: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
+def publish(payload: dict[str, Any], out: Path, figures: dict[str, Any]) -> None:
+    """Write the JSON and the steps-per-trial PNG beside it; print the headline figures."""
+    from raydr.bench.common import write_json
+
+    write_json(out, payload)
+    plot(payload, out.with_suffix(".png"))
+    for key, value in figures.items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def run_row(policy: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """One search's figures, as the stopping and search benchmarks record them."""
     run, without = summary["trial_steps_run"], summary["trial_steps_without_scheduler"]
     return {
         "policy": policy,
@@ -99,6 +115,7 @@ def _row(policy: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
         ),
         "best_trial": (summary["best_trial"] or {}).get("config"),
         "best_metric": (summary["best_trial"] or {}).get("best_metric"),
+        "validation": summary.get("validation"),
         "trials": [
             {
                 "config": t["config"],
@@ -107,6 +124,8 @@ def _row(policy: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
                 "decided_on_step": t["decided_on_step"],
                 "decision_lag_steps": t["decision_lag_steps"],
                 "best_metric": t["best_metric"],
+                "full_corpus_metric": t.get("full_corpus_metric"),
+                "cancelled_checkpoints": t.get("cancelled_checkpoints", 0),
             }
             for t in summary["trials"]
         ],
@@ -133,19 +152,23 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def _ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Each policy's trial-steps and wall time against ``at_checkpoint`` of the same session."""
+    """Each policy's trial-steps and wall time against ``at_checkpoint`` of the same session, and
+    the validator-seconds of cancelling against finishing."""
     by = {r["policy"]: r for r in runs}
     base = by.get("at_checkpoint")
-    if base is None:
-        return {}
-    out = {}
+    out: dict[str, float] = {}
     for name, row in by.items():
-        if name == "at_checkpoint":
+        if base is None or name == "at_checkpoint":
             continue
         out[f"trial_steps {name} / at_checkpoint"] = (
             row["trial_steps_run"] / base["trial_steps_run"]
         )
         out[f"wall {name} / at_checkpoint"] = row["wall_s"] / base["wall_s"]
+    cancel, finish = by.get("on_landing_cancel"), by.get("on_landing")
+    if cancel and finish and cancel.get("validation") and finish.get("validation"):
+        out["validator_seconds on_landing_cancel / on_landing"] = cancel["validation"][
+            "validator_seconds"
+        ] / max(1e-9, finish["validation"]["validator_seconds"])
     return out
 
 
