@@ -50,19 +50,20 @@ class Courier(threading.Thread):
         self.delivered = -1  # newest validated step handed to Tune
         self.closed = -1  # newest step with a closing row seen (done or failed)
         self.final_step: int | None = None  # set once training is over: reports carry it
-        self._stop = threading.Event()
+        # Not ``_stop``: Thread.join calls its own private ``_stop()`` once the thread has ended.
+        self._halt = threading.Event()
 
     def run(self) -> None:
         import ray
 
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self._deliver(ray.get(self.pool.landed.remote(self.trial, self.closed, 2.0)))
             except ray.exceptions.RayError as exc:
                 # The pool or the session's queue is unreachable: the trial's own checkpoint
                 # reports still carry metrics, only later; try again.
                 log.warning("courier: cannot deliver validated metrics (%s); retrying", exc)
-                self._stop.wait(5.0)
+                self._halt.wait(5.0)
 
     def _deliver(self, answer: dict) -> None:
         for row in answer["rows"]:
@@ -89,7 +90,7 @@ class Courier(threading.Thread):
         return max([self.closed, *(r["step"] for r in answer["rows"])])
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10.0)
 
 

@@ -141,6 +141,32 @@ def test_a_stopped_trials_queued_checkpoints_are_cancelled_with_one_closing_row_
     ray.kill(pool)
 
 
+def test_a_courier_delivers_each_done_row_once_in_step_order_then_stops_cleanly(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    import queue
+
+    from raydr.tuning.courier import Courier
+
+    _, ckpt, pool = _one_validator(tmp_path, tiny_dataset, tiny_model_dir)
+    channel: queue.Queue = queue.Queue()  # stands in for Tune's session queue: a real queue
+    courier = Courier(pool, "t", ["nDCG@10"], channel)
+    courier.start()
+    for step in (4, 8):
+        assert ray.get(pool.submit.remote("t", step, ckpt))
+    ray.get(pool.heartbeat.remote("t", 9))
+    # Training is over at step 10; drain until nothing is owed, then stop. The thread has
+    # ended by the time it is joined (seen crash: a `_stop` attribute shadowing Thread's).
+    courier.drain(10, owed=lambda: ray.get(pool.owed.remote("t")), poll_s=0.2)
+    assert not courier.is_alive()
+    reports = []
+    while not channel.empty():
+        reports.append(channel.get_nowait())
+    assert [r["validated_step"] for r in reports] == [4, 8]
+    assert all(r["nDCG@10"] >= 0 and r["step"] >= 9 for r in reports)
+    ray.kill(pool)
+
+
 def test_actor_killed_mid_validation_is_redone_exactly_once(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:
