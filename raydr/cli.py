@@ -398,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search_args(p)
     p.set_defaults(func=search_main)
+    from raydr.bench.gpu import add_arguments as gpu_args
+    from raydr.bench.gpu import main as gpu_main
+
+    p = benches.add_parser(
+        "gpu", help="bf16 encode vs matmul; training beside fractional-GPU validators"
+    )
+    gpu_args(p)
+    p.set_defaults(func=gpu_main)
     return parser
 
 

@@ -40,7 +40,6 @@ def main(args: argparse.Namespace) -> None:
 
     from raydr import config
     from raydr.bench.common import machine, write_json
-    from raydr.validation.client import train
 
     rows: list[dict[str, Any]] = []
     stamp = int(time.time())
@@ -58,31 +57,7 @@ def main(args: argparse.Namespace) -> None:
                 *extra,
             ],
         )
-        t0 = time.perf_counter()
-        result, validated = train(cfg)  # returns once validation is complete too
-        total = time.perf_counter() - t0
-        if result.error:
-            raise RuntimeError(f"{name}: {result.error}")
-        m = result.metrics
-        # From the first step until the last checkpoint's metrics are in the ledger: what a
-        # user waits for. Ray's start-up and teardown (about 15 s each run) are left out.
-        loop_start = m["reported_at"] - m["elapsed_s"]
-        done_at = max([m["reported_at"], *(r["time"] for r in validated or [])])
-        rows.append(
-            {
-                "variant": name,
-                "wall_s_until_all_validated": total,
-                "train_until_validated_s": done_at - loop_start,
-                "training_loop_s": m["elapsed_s"],
-                "steps_per_s": m["step"] / m["elapsed_s"],
-                "validations": len(validated or []),
-                "mean_validation_s": (
-                    sum(r["metrics"]["validation_s"] for r in validated) / len(validated)
-                    if validated
-                    else None
-                ),
-            }
-        )
+        rows.append(measure(name, cfg))
         print(rows[-1], flush=True)
     ray.shutdown()
     by = {r["variant"]: r for r in rows}
@@ -99,6 +74,36 @@ def main(args: argparse.Namespace) -> None:
     for k, v in payload["ratios"].items():
         print(f"{k}: {v:.2f}")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def measure(name: str, cfg) -> dict[str, Any]:
+    """Train ``cfg`` (validated as it says) and time it: the training loop, steps/s, and from
+    the first step until the last checkpoint's metric is in the ledger."""
+    from raydr.validation.client import train
+
+    t0 = time.perf_counter()
+    result, validated = train(cfg)  # returns once validation is complete too
+    total = time.perf_counter() - t0
+    if result.error:
+        raise RuntimeError(f"{name}: {result.error}")
+    m = result.metrics
+    # From the first step until the last checkpoint's metrics are in the ledger: what a
+    # user waits for. Ray's start-up and teardown (about 15 s each run) are left out.
+    loop_start = m["reported_at"] - m["elapsed_s"]
+    done_at = max([m["reported_at"], *(r["time"] for r in validated or [])])
+    return {
+        "variant": name,
+        "wall_s_until_all_validated": total,
+        "train_until_validated_s": done_at - loop_start,
+        "training_loop_s": m["elapsed_s"],
+        "steps_per_s": m["step"] / m["elapsed_s"],
+        "validations": len(validated or []),
+        "mean_validation_s": (
+            sum(r["metrics"]["validation_s"] for r in validated) / len(validated)
+            if validated
+            else None
+        ),
+    }
 
 
 def ratios(by: dict[str, dict[str, Any]]) -> dict[str, float]:
