@@ -101,8 +101,9 @@ def _row(name: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
 def _line(row: dict[str, Any]) -> str:
     test = row.get("winner_test") or {}
     full = row["winner_full_metric"]
+    failed = f"; {row['failed_trials']} trials FAILED" if row.get("failed_trials") else ""
     return (
-        f"{row['policy']}: {row['trial_steps_run']} of {row['trial_steps_without_scheduler']} "
+        f"{row['policy']}{failed}: {row['trial_steps_run']} of {row['trial_steps_without_scheduler']} "
         f"trial-steps ({row['saved']:.0%} saved) in {row['wall_s']:.0f} s; winner "
         f"{row['winner']} (dev full {'-' if full is None else f'{full:.4f}'}, test "
         f"{', '.join(f'{k} {v:.4f}' for k, v in test.items() if isinstance(v, float))})"
@@ -120,6 +121,7 @@ def _compare(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         "trial_steps_saved": 1 - asha["trial_steps_run"] / free["trial_steps_run"],
         "wall asha / unscheduled": asha["wall_s"] / free["wall_s"],
         "same_winner": asha["winner"] == free["winner"],
+        "failed_trials": asha["failed_trials"] + free["failed_trials"],  # must be 0 to count
     }
     if asha["winner_full_metric"] is not None and free["winner_full_metric"] is not None:
         out[f"winner_gap_full_dev_{metric}"] = (

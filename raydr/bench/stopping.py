@@ -126,9 +126,12 @@ def run_row(policy: str, summary: dict[str, Any], wall_s: float) -> dict[str, An
                 "best_metric": t["best_metric"],
                 "full_corpus_metric": t.get("full_corpus_metric"),
                 "cancelled_checkpoints": t.get("cancelled_checkpoints", 0),
+                "error": t.get("error"),
             }
             for t in summary["trials"]
         ],
+        # A failed trial is not a stopped one: its figures would flatter the policy.
+        "failed_trials": sum(1 for t in summary["trials"] if t.get("error")),
     }
 
 
@@ -143,8 +146,9 @@ def _line(row: dict[str, Any]) -> str:
         if t["stopped_early"]
     ]
     lag = row["mean_decision_lag_steps"]
+    failed = f"; {row['failed_trials']} trials FAILED" if row.get("failed_trials") else ""
     return (
-        f"{row['policy']}: {row['trial_steps_run']} of {row['trial_steps_without_scheduler']} "
+        f"{row['policy']}{failed}: {row['trial_steps_run']} of {row['trial_steps_without_scheduler']} "
         f"trial-steps ({row['saved']:.0%} saved) in {row['wall_s']:.0f} s; mean decision lag "
         f"{'-' if lag is None else f'{lag:.1f}'} steps; stopped: "
         f"{'; '.join(stops) or 'none'}"
