@@ -76,6 +76,7 @@ def main(args: argparse.Namespace) -> None:
     ray.shutdown()
     payload = {
         "benchmark": "search",
+        "title": "Steps trained per trial: ASHA against the unscheduled search",
         "machine": machine(),
         "config": str(args.config),
         "overrides": list(args.overrides),

@@ -188,7 +188,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     runs = payload["runs"]
     labels = sorted({_short(t["config"]) for r in runs for t in r["trials"]})
     width = 0.8 / max(1, len(runs))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(labels)), 4.5))
     for k, run in enumerate(runs):
         by = {_short(t["config"]): t for t in run["trials"]}
         xs = [i + (k - (len(runs) - 1) / 2) * width for i in range(len(labels))]
@@ -201,17 +201,19 @@ def plot(payload: dict[str, Any], path: Path) -> None:
                 bar.set_hatch("//")
     for rung in runs[0]["rung_checkpoints"] if runs else []:
         ax.axhline(rung, color="grey", lw=0.8, ls=":")
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set_ylabel("training steps run (hatched: stopped)")
     cpu = payload["machine"].get("cpu")
-    ax.set_title(f"Steps trained per trial under each decision policy ({cpu})", fontsize=9)
+    what = payload.get("title", "Steps trained per trial under each decision policy")
+    ax.set_title(f"{what} ({cpu})", fontsize=9)
     ax.legend(fontsize=8)
     save_figure(fig, path)
     plt.close(fig)
 
 
 def _short(config: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k}={v}"
+    """{'training.lr': 3e-05, 'training.temperature': 0.05} → 'lr=3e-05\ntemperature=0.05'."""
+    return "\n".join(
+        f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
         for k, v in config.items()
     )
