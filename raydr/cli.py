@@ -406,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gpu_args(p)
     p.set_defaults(func=gpu_main)
+    from raydr.bench.autoscale import add_arguments as autoscale_args
+    from raydr.bench.autoscale import main as autoscale_main
+
+    p = benches.add_parser(
+        "autoscale", help="a search on a fake cluster run by Ray's autoscaler: nodes over time"
+    )
+    autoscale_args(p)
+    p.set_defaults(func=autoscale_main)
     return parser
 
 

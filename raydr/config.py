@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -236,7 +237,12 @@ class TrainingConfig(Section):
         default_factory=lambda: {"CPU": 1.0},
         description="per worker; custom resources (e.g. train_node: 1) pin workers to node types",
     )
-    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    use_gpu: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="auto: on GPU when torch sees CUDA here, or when a cluster (ray.address) "
+        "is asked for GPUs in resources_per_worker: its workers run on GPU nodes, not on the "
+        "driver's CPU head",
+    )
     storage_path: str | None = Field(
         None,
         description="Ray Train storage (a local path or s3://, gs://...); default OUTPUT_DIR/ray",
@@ -402,6 +408,22 @@ class RayConfig(Section):
         description="logical GPUs for a local Ray (lets fractional reservations work on a CPU)",
     )
     object_store_memory: PositiveInt | None = None
+    autoscaler: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="can nodes still be added? auto: when Ray's autoscaler v2 reports (what "
+        "`ray up` runs); yes: also for a v1 autoscaler (waits up to scale_up_timeout_s); no: "
+        "refuse what the nodes up now cannot hold",
+    )
+    scale_up_timeout_s: PositiveFloat = Field(
+        900.0,
+        description="on an autoscaling cluster: how long to wait for nodes that hold the "
+        "trainer's and validators' first requests before failing",
+    )
+    infeasible_after_s: PositiveFloat = Field(
+        10.0,
+        description="fail once Ray's autoscaler (v2) has reported a request infeasible (no node "
+        "type holds it) for this long",
+    )
 
 
 class RaydrConfig(Section):

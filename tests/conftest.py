@@ -191,3 +191,37 @@ def write_checkpoint(root: Path, model_dir: Path, step: int, cfg) -> Path:
         epoch=0,
     )
     return path
+
+
+def record_node_and_world(loop_config: dict) -> None:
+    """raydr's training loop, after noting the node, world size and time each worker started
+    with (in ``starts/`` beside the Train storage; read back with ``starts``)."""
+    import json
+    import os
+    import time
+
+    import ray
+    import ray.train
+
+    from raydr.training.loop import train_loop_per_worker
+
+    ctx = ray.train.get_context()
+    out = Path(loop_config["ctx"].storage).parent / "starts"
+    out.mkdir(exist_ok=True)
+    (out / f"{time.time_ns()}-{os.getpid()}.json").write_text(
+        json.dumps(
+            {
+                "node": ray.get_runtime_context().get_node_id(),
+                "rank": ctx.get_world_rank(),
+                "world": ctx.get_world_size(),
+                "t": time.time(),
+            }
+        )
+    )
+    train_loop_per_worker(loop_config)
+
+
+def starts(tmp_path: Path) -> list[dict]:
+    """What ``record_node_and_world`` noted, oldest first."""
+    files = sorted((tmp_path / "starts").glob("*.json"), key=lambda p: int(p.name.split("-")[0]))
+    return [json.loads(p.read_text()) for p in files]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from raydr import capacity
+from raydr.capacity import Demand
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
 from raydr.training.context import CheckpointHook, LoopContext, NegativeSource
@@ -15,33 +18,53 @@ log = logging.getLogger(__name__)
 
 
 def use_gpu(cfg: RaydrConfig) -> bool:
-    """GPUs only when torch can really use them here: Ray's logical GPUs are not enough
-    (``use_gpu=True`` without CUDA crashes in NCCL / prepare_model)."""
+    """GPUs only where torch can really use them: Ray's logical GPUs are not enough
+    (``use_gpu=True`` without CUDA crashes in NCCL / prepare_model). On a cluster
+    (``ray.address`` set) whose workers are asked for GPUs, the workers' nodes decide, not the
+    driver's: on ``cluster/aws.yaml`` the driver runs on a CPU head."""
     import torch
 
     if cfg.training.use_gpu == "no":
         return False
     available = torch.cuda.is_available()
-    if cfg.training.use_gpu == "yes" and not available:
-        raise RaydrError("training.use_gpu=yes, but torch sees no CUDA device on this node")
-    return available
+    on_cluster = cfg.ray.address is not None
+    asks = cfg.training.resources_per_worker.get("GPU", 0) > 0
+    if cfg.training.use_gpu == "yes":
+        if not (available or on_cluster):
+            raise RaydrError("training.use_gpu=yes, but torch sees no CUDA device on this node")
+        return True
+    return available or (on_cluster and asks)
 
 
-def check_capacity(cfg: RaydrConfig) -> None:
-    """Refuse a worker count the cluster cannot hold, instead of hanging on placement."""
-    import ray
+def worker_resources(cfg: RaydrConfig) -> dict[str, float]:
+    """One training worker's Ray resources (its GPU dropped where it will not use one)."""
+    resources = dict(cfg.training.resources_per_worker)
+    if not use_gpu(cfg):
+        resources.pop("GPU", None)
+    return resources
 
+
+def demand(cfg: RaydrConfig) -> Demand:
+    """What the trainer must find before it can start: its smallest worker group."""
     want = cfg.training.num_workers
-    need_min = want[0] if isinstance(want, tuple) else want
-    res = dict(cfg.training.resources_per_worker)
-    total = ray.cluster_resources()
-    for name, amount in res.items():
-        if amount * need_min > total.get(name, 0) + 1e-9:
-            raise RaydrError(
-                f"training.num_workers={need_min} x resources_per_worker {name}={amount} needs "
-                f"{amount * need_min:g} {name}, but the cluster has {total.get(name, 0):g}; lower "
-                f"num_workers or resources_per_worker (or add nodes; an autoscaler would)"
-            )
+    return Demand(
+        field="training.resources_per_worker",
+        bundle=worker_resources(cfg),
+        count=want[0] if isinstance(want, tuple) else want,
+        hint="lower training.num_workers or resources_per_worker",
+    )
+
+
+def check_capacity(cfg: RaydrConfig, also: Sequence[Demand] = ()) -> dict[str, float]:
+    """Refuse a worker group (and ``also``: e.g. the validators) the cluster cannot hold,
+    instead of hanging on placement; on an autoscaling cluster, wait for its nodes (all
+    demands at once, so node types scale up side by side). → seconds waited per field."""
+    return capacity.ensure(
+        [demand(cfg), *also],
+        autoscaler=cfg.ray.autoscaler,
+        timeout_s=cfg.ray.scale_up_timeout_s,
+        settle_s=cfg.ray.infeasible_after_s,
+    )
 
 
 def build_trainer(
@@ -62,9 +85,7 @@ def build_trainer(
     cfg = cfg.with_absolute_paths()
     tcfg = cfg.training
     gpu = use_gpu(cfg)
-    resources = dict(tcfg.resources_per_worker)
-    if not gpu:
-        resources.pop("GPU", None)
+    resources = worker_resources(cfg)
     storage = cfg.paths.train_storage
     ctx = LoopContext(
         config=cfg.model_dump(mode="json"),
@@ -296,13 +317,14 @@ def init_ray(cfg: RaydrConfig) -> None:
     )
 
 
-def prepare(cfg: RaydrConfig) -> None:
+def prepare(cfg: RaydrConfig, also: Sequence[Demand] = ()) -> None:
     """Check the input against the config, then connect to (or start) Ray and check that the
-    cluster can hold the workers: bad input fails here in one line, before anything runs."""
+    cluster can hold the workers (and ``also``): bad input fails here in one line, before
+    anything runs."""
     preflight(cfg)
     check_existing_checkpoints(cfg)
     init_ray(cfg)
-    check_capacity(cfg)
+    check_capacity(cfg, also)
     warn_local_storage_on_multinode(cfg)
 
 
@@ -312,18 +334,40 @@ def fit(
     loop=None,
     callbacks=None,
     negatives: NegativeSource | None = None,
+    on_run: Callable[[str], None] | None = None,
 ):
     """Train (after ``prepare``); → Ray Train's ``Result``. Rerunning with the same storage and
     name resumes from the latest committed checkpoint. ``hook`` receives every committed
     checkpoint on rank 0 (see ``raydr.validation.client``); ``negatives`` serves dynamic hard
-    negatives to every rank."""
+    negatives to every rank; ``on_run`` is told the Train run's id before it starts (see
+    ``release_nodes``)."""
     from ray.train import TrainingFailedError
 
     try:
         trainer = build_trainer(cfg, hook=hook, loop=loop, callbacks=callbacks, negatives=negatives)
+        if on_run is not None:
+            on_run(trainer.train_run_context.run_id)
         return trainer.fit()
     except TrainingFailedError as exc:
         raise training_failed(cfg, exc) from None
+
+
+def release_nodes(run_id: str) -> bool:
+    """Withdraw Train run ``run_id``'s standing request to Ray's autoscaling coordinator.
+
+    Train withdraws it itself when a run ends, but not when its controller dies with the Tune
+    trial that owns it (a trial the scheduler stops): the autoscaler then keeps that trial's
+    nodes until the request expires, up to 200 s later (180 s plus one 20 s coordinator tick).
+    → whether a coordinator was there to ask."""
+    import ray
+
+    try:
+        coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    except ValueError:  # no Train run on this cluster has asked for anything
+        return False
+    # Train's requester id for a run (ray.train.v2 scaling_policy.after_controller_start).
+    ray.get(coordinator.cancel_request.remote(f"train-{run_id}"), timeout=30)
+    return True
 
 
 def training_failed(cfg: RaydrConfig, exc: Exception) -> RaydrError:

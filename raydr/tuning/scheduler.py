@@ -131,6 +131,10 @@ class LagWatch(Callback):
         )
 
 
+# Ray's internal key-value store, where trials leave their Train run's id for the driver.
+_KV = "raydr-train-runs"
+
+
 class CancelStopped(Callback):
     """``tune.stopped_checkpoints=cancel``: when the scheduler stops a trial, the pool cancels
     its queued checkpoints, since no decision will read their metrics and live trials' rung
@@ -152,3 +156,47 @@ class CancelStopped(Callback):
         except ValueError:  # no pool: nothing is queued anywhere
             return
         handle.cancel.remote(trial.trial_id, "its trial was stopped by the scheduler")
+
+
+def _run_key(search: str, trial: str) -> str:
+    return f"{search}/{trial}"
+
+
+def remember_run(search: str, trial: str, run_id: str) -> None:
+    """Called in the trial: which Train run is this trial's (for ``ReleaseStopped``)."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(_run_key(search, trial), run_id, namespace=_KV)
+
+
+class ReleaseStopped(Callback):
+    """When a trial ends, its Train run's request for nodes is withdrawn at once.
+
+    A trial the scheduler stops is killed with its Train controller, which never withdraws the
+    request it made to Ray's autoscaling coordinator; on an autoscaling cluster the stopped
+    trial's nodes would stay up about 200 s more (see ``raydr.training.trainer.release_nodes``).
+    Harmless for trials that ended on their own: their request is already gone."""
+
+    def __init__(self, search: str) -> None:
+        self.search = search
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._release(trial)
+
+    def _release(self, trial) -> None:
+        from ray.experimental import internal_kv
+
+        from raydr.training.trainer import release_nodes
+
+        key = _run_key(self.search, trial.trial_id)
+        run_id = internal_kv._internal_kv_get(key, namespace=_KV)
+        if run_id is None:
+            return
+        try:
+            release_nodes(run_id.decode())
+        except Exception as exc:  # the nodes come back anyway when the request expires
+            log.warning("trial %s: could not withdraw its request for nodes (%s)", trial, exc)
+        internal_kv._internal_kv_del(key, namespace=_KV)

@@ -79,12 +79,14 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     from raydr.tuning.scheduler import (
         CancelStopped,
         LagWatch,
+        ReleaseStopped,
         build_scheduler,
         rung_checkpoints,
     )
     from raydr.tuning.space import check_metric, parse_space
     from raydr.tuning.summary import summarize
     from raydr.tuning.trial import tune_trial
+    from raydr.validation.pool import demand as validator_demand
     from raydr.validation.pool import pool_name, start_pool, wait_idle
 
     metric = check_metric(cfg)
@@ -97,7 +99,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     resuming = tune.Tuner.can_restore(str(path))
     check_same_search(cfg, paths.run_dir / "search_config.json", resuming)
     init_ray(cfg)
-    check_capacity(cfg)
+    check_capacity(cfg, also=[validator_demand(cfg)])
     if cfg.tune.scheduler.type != "none":
         warn_without_state_api()
     cfg = cfg.with_absolute_paths()
@@ -116,7 +118,10 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     hold = cfg.tune.rung_wait == "until_validated"
     if hold:
         log.info("trials pause at the rung checkpoints %s until the scheduler decides", rungs)
-    callbacks = [LagWatch(cfg.training.checkpoint_every, cfg.tune.rung_wait)]
+    callbacks = [
+        LagWatch(cfg.training.checkpoint_every, cfg.tune.rung_wait),
+        ReleaseStopped(cfg.name),
+    ]
     if cfg.tune.stopped_checkpoints == "cancel":
         callbacks.append(CancelStopped(pool_name(cfg.name)))
     trainable = tune.with_resources(

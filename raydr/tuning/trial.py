@@ -37,6 +37,7 @@ def tune_trial(
 
     from raydr.training.trainer import fit
     from raydr.tuning import courier as couriers
+    from raydr.tuning.scheduler import remember_run
     from raydr.validation.client import PoolHook, PoolNegatives
     from raydr.validation.pool import NAMESPACE
 
@@ -55,7 +56,13 @@ def tune_trial(
     hook = PoolHook(pool, trial, metrics, rungs, wait_at_rungs=hold and courier is not None)
     negatives = PoolNegatives.for_run(cfg, pool, trial)
     try:
-        result = fit(cfg, hook=hook, callbacks=[callback], negatives=negatives)
+        result = fit(
+            cfg,
+            hook=hook,
+            callbacks=[callback],
+            negatives=negatives,
+            on_run=lambda run_id: remember_run(base["name"], trial, run_id),
+        )
         if result.error:
             raise result.error
     except BaseException:

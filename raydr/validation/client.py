@@ -210,12 +210,14 @@ def train(cfg: RaydrConfig, loop=None) -> tuple[Any, list[rows.Row] | None]:
     import ray
 
     from raydr.training.trainer import fit, prepare
-    from raydr.validation.pool import pool_name, start_pool, wait_idle
+    from raydr.validation.pool import demand, pool_name, start_pool, wait_idle
     from raydr.validation.sampling import prepare_subset
 
     cfg = cfg.with_absolute_paths()
     log.info("storage:\n%s", cfg.paths.describe())
-    prepare(cfg)
+    # The validators' nodes are asked for with the trainer's, so both scale up side by side.
+    pooled = cfg.validation.enabled and cfg.validation.mode != "inline"
+    prepare(cfg, also=[demand(cfg)] if pooled else [])
     if not cfg.validation.enabled:
         return fit(cfg, loop=loop), None
     if cfg.validation.mode == "inline":

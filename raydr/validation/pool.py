@@ -27,6 +27,8 @@ from typing import Any
 
 import ray
 
+from raydr import capacity
+from raydr.capacity import Demand
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
 from raydr.validation import ledger as rows
@@ -388,21 +390,28 @@ class ValidationPool:
         return list(self.actors)
 
 
+def demand(cfg: RaydrConfig) -> Demand:
+    """One validator's reservation: what must fit before the pool can validate anything."""
+    v = cfg.validation
+    return Demand(
+        field="validation",
+        bundle={"CPU": v.num_cpus, "GPU": v.num_gpus, **v.resources},
+        count=1,
+        hint="set validation.num_gpus=0 on CPU clusters"
+        if v.num_gpus > 0 and not v.resources
+        else "check validation.num_cpus, num_gpus and resources against the cluster's node types",
+    )
+
+
 def check_resources(cfg: RaydrConfig) -> None:
-    """Refuse GPU or custom-resource requests the cluster cannot meet, instead of hanging."""
-    vcfg = cfg.validation
-    total = ray.cluster_resources()
-    wants = {"GPU": vcfg.num_gpus, "CPU": vcfg.num_cpus, **vcfg.resources}
-    for name, per_actor in wants.items():
-        have = total.get(name, 0.0)
-        if per_actor > 0 and have < per_actor:
-            raise RaydrError(
-                f"validation: each validator asks for {name}={per_actor:g}, but the cluster has "
-                f"{have:g} {name}; set validation.num_gpus=0 on CPU clusters"
-                if name == "GPU"
-                else f"validation: each validator asks for {name}={per_actor:g}, but the cluster "
-                f"has {have:g} {name}"
-            )
+    """Refuse validator reservations the cluster cannot meet, instead of hanging (on an
+    autoscaling cluster: once its autoscaler has had its say)."""
+    capacity.ensure(
+        [demand(cfg)],
+        autoscaler=cfg.ray.autoscaler,
+        timeout_s=cfg.ray.scale_up_timeout_s,
+        settle_s=cfg.ray.infeasible_after_s,
+    )
 
 
 def start_pool(cfg: RaydrConfig):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,15 +17,10 @@ import yaml
 from conftest import tiny_tree
 
 from raydr import config
+from raydr.bench.fake_cluster import PORTS, answers, free_port
 from raydr.errors import RaydrError
 
 pytestmark = pytest.mark.ray
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_job(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training) -> dict:
@@ -52,21 +46,12 @@ def _tiny_job(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **tra
     }
 
 
-_PORTS = (
-    "ray-client-server-port",
-    "dashboard-agent-listen-port",
-    "dashboard-agent-grpc-port",
-    "metrics-export-port",
-    "runtime-env-agent-port",
-)
-
-
 class _Head:
     """A `ray start --head --block` of this test's own: stopping it (SIGTERM to the process that
     started it) ends only its processes, never another Ray on the machine (no `ray stop`)."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.port, self.dash = _free_port(), _free_port()
+        self.port, self.dash = free_port(), free_port()
         # A short temp dir of its own: Unix socket paths must stay under ~107 characters.
         self.temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
         ray = Path(sys.executable).parent / "ray"
@@ -81,7 +66,7 @@ class _Head:
                 "--dashboard-host=127.0.0.1",
                 f"--temp-dir={self.temp}",
                 # Every port its own, so two heads can run side by side (defaults collide).
-                *(f"--{name}={_free_port()}" for name in _PORTS),
+                *(f"--{name}={free_port()}" for name in PORTS),
                 "--num-cpus=2",
                 "--num-gpus=1",
                 f"--object-store-memory={150 * 1024**2}",
@@ -99,12 +84,7 @@ class _Head:
 
     def answers(self) -> bool:
         """The head's GCS and dashboard accept connections."""
-        for port in (self.port, self.dash):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except OSError:
-                return False
-        return True
+        return answers(self.port, self.dash)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -178,7 +158,7 @@ def test_unreachable_address_and_unknown_storage_scheme(
     ):
         check_storage(config.build(tree, "t"))
     tree["training"]["storage_path"] = str(tmp_path)
-    tree["ray"] = {"address": f"127.0.0.1:{_free_port()}"}
+    tree["ray"] = {"address": f"127.0.0.1:{free_port()}"}
     env_before = os.environ.pop("RAY_ADDRESS", None)
     try:
         with pytest.raises(RaydrError, match=r"ray\.address='127\.0\.0\.1:\d+': cannot connect"):

@@ -9,13 +9,14 @@ import copy
 import dataclasses
 import json
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import ray
-from conftest import tiny_tree
+from conftest import record_node_and_world, starts, tiny_tree
 
 from raydr import config
 
@@ -26,7 +27,13 @@ MiB = 1024**2
 
 @pytest.fixture
 def cluster():
+    import conftest
+    from ray import cloudpickle
     from ray.cluster_utils import Cluster
+
+    # Workers cannot import the tests' modules: the loop wrappers travel by value.
+    cloudpickle.register_pickle_by_value(conftest)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     # The head holds the driver and the validation pool (which writes the ledger locally).
     c = Cluster(
@@ -43,34 +50,6 @@ def _add_train_node(c, **extra):
     return c.add_node(
         num_cpus=2, num_gpus=2, resources={"train_node": 2}, object_store_memory=80 * MiB, **extra
     )
-
-
-def _record_node_and_world(loop_config: dict) -> None:
-    """Our loop, after noting which node and world size each worker started with."""
-    import os
-
-    import ray.train
-
-    from raydr.training.loop import train_loop_per_worker
-
-    ctx = ray.train.get_context()
-    out = Path(loop_config["ctx"].storage).parent / "starts"
-    out.mkdir(exist_ok=True)
-    (out / f"{time.time_ns()}-{os.getpid()}.json").write_text(
-        json.dumps(
-            {
-                "node": ray.get_runtime_context().get_node_id(),
-                "rank": ctx.get_world_rank(),
-                "world": ctx.get_world_size(),
-            }
-        )
-    )
-    train_loop_per_worker(loop_config)
-
-
-def _starts(tmp_path: Path) -> list[dict]:
-    files = sorted((tmp_path / "starts").glob("*.json"), key=lambda p: int(p.name.split("-")[0]))
-    return [json.loads(p.read_text()) for p in files]
 
 
 def _cfg(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training):
@@ -128,11 +107,11 @@ def test_trainers_and_fractional_gpu_validators_land_on_their_node_types(
         "test",
     )
     with caplog.at_level(logging.WARNING, logger="raydr.training.trainer"):
-        result, rows = train(cfg, loop=_record_node_and_world)
+        result, rows = train(cfg, loop=record_node_and_world)
 
     assert "is a local path on a 3-node cluster" in caplog.text  # no shared storage: warned
     assert result.error is None and result.metrics["step"] == 3
-    assert {s["node"] for s in _starts(tmp_path)} == {first.node_id}  # trainers: train node only
+    assert {s["node"] for s in starts(tmp_path)} == {first.node_id}  # trainers: train node only
     done = [r for r in rows if r["status"] == "done"]
     assert {r["step"] for r in done} == {r["step"] for r in rows} and 3 in {r["step"] for r in done}
     # Validators hold 0.25 GPU each, on the validator node, though the train nodes have GPUs.
@@ -148,12 +127,12 @@ def _two_phase_loop(loop_config: dict) -> None:
 
     marker = Path(loop_config["ctx"].storage).parent / "phase1-done"
     if marker.exists():
-        _record_node_and_world(loop_config)
+        record_node_and_world(loop_config)
         return
     ctx = loop_config["ctx"]
     config = copy.deepcopy(ctx.config)
     config["training"]["max_steps"] = 2
-    _record_node_and_world({"ctx": dataclasses.replace(ctx, config=config)})
+    record_node_and_world({"ctx": dataclasses.replace(ctx, config=config)})
     if ray.train.get_context().get_world_rank() == 0:
         marker.write_text("")
     time.sleep(240)
@@ -206,9 +185,6 @@ def _add_single_train_node(c):
 
 def _run_to_phase_two(cluster, tmp_path, dataset, model, negatives, num_workers, **training):
     """Start the two-phase run in a thread; return once its step-2 checkpoint is committed."""
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(__import__(__name__))
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     cfg = _cfg(
@@ -249,11 +225,11 @@ def test_elastic_training_starts_at_min_and_grows_when_a_node_joins(
         num_workers=(1, 2),
         resize_interval_s=1.0,
     )
-    assert [s["world"] for s in _starts(tmp_path)] == [1]  # only one node can hold a worker
+    assert [s["world"] for s in starts(tmp_path)] == [1]  # only one node can hold a worker
     joined = _add_single_train_node(cluster)  # like the autoscaler bringing a node up
 
     _finished_from_step_2(thread, out)
-    grown = _starts(tmp_path)[1:]
+    grown = starts(tmp_path)[1:]
     assert [s["world"] for s in grown] == [2, 2]
     assert joined.node_id in {s["node"] for s in grown}
 
@@ -275,13 +251,13 @@ def test_losing_a_node_resumes_on_the_nodes_left_with_as_many_negatives(
         resize_interval_s=1.0,
         memory_bank=bank,
     )
-    first = _starts(tmp_path)
+    first = starts(tmp_path)
     assert [s["world"] for s in first] == [2, 2]
     lost = next(n for n in nodes if n.node_id == next(s for s in first if s["rank"] == 1)["node"])
     cluster.remove_node(lost)  # like a preempted spot instance; no spare: one worker goes on
 
     _finished_from_step_2(thread, out)
-    second = _starts(tmp_path)[2:]
+    second = starts(tmp_path)[2:]
     assert [s["world"] for s in second] == [1]
     assert lost.node_id not in {s["node"] for s in second}
     reports = {m["step"]: m for _, m in out["result"].best_checkpoints}

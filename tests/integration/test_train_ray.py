@@ -130,7 +130,10 @@ def test_bad_training_input_is_refused_before_workers_start(
 ) -> None:
     from raydr.training.trainer import check_capacity
 
-    with pytest.raises(RaydrError, match=r"num_workers=8 .* needs 8 CPU, but the cluster has 2"):
+    with pytest.raises(
+        RaydrError,
+        match=r"training\.resources_per_worker: 8 × \{CPU: 1\} needs 8 CPU, but the cluster has 2",
+    ):
         check_capacity(_cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, num_workers=8))
     from raydr.data.groups import build_rows, check_group_size, load_negatives
 

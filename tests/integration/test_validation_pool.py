@@ -300,7 +300,10 @@ def test_bad_validation_input(
     from raydr.validation.pool import check_resources
     from raydr.validation.sampling import check_queries, prepare_subset
 
-    with pytest.raises(RaydrError, match="asks for GPU=2, but the cluster has 1 GPU"):
+    with pytest.raises(
+        RaydrError,
+        match=r"validation: 1 × \{GPU: 2\} needs 2 GPU, but the cluster has 1; set validation\.num_gpus=0",
+    ):
         check_resources(_cfg(tmp_path, tiny_dataset, tiny_model_dir, num_gpus=2))
     with pytest.raises(
         RaydrError, match=r"sampling\.size=500 is larger than the corpus allows: 40 docs"
