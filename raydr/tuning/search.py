@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from raydr import capacity
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
 
@@ -109,6 +110,13 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         if cfg.tune.max_concurrent_trials == "auto"
         else cfg.tune.max_concurrent_trials
     )
+    if cfg.tune.max_concurrent_trials == "auto" and capacity.autoscaling(cfg.ray.autoscaler):
+        log.warning(
+            "tune.max_concurrent_trials=auto counts the nodes up now (%d trial(s) fit); the "
+            "autoscaler adds nodes only for trials that run, so set it to the trials you want "
+            "at once (and size max_workers for them: cluster/README.md)",
+            max_conc,
+        )
     samples = 2 * max_conc if cfg.tune.num_samples == "auto" else cfg.tune.num_samples
     steps = total_training_steps(cfg)
     # Reports without a validated metric yet are normal here: the scheduler skips them.

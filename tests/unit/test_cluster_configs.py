@@ -19,7 +19,9 @@ def test_ray_up_configs_pass_the_autoscaler_schema(name: str) -> None:
     # What `ray up` does before launching anything: fill in defaults, then validate.
     validate_config(prepare_config(copy.deepcopy(config)))
     types = config["available_node_types"]
-    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    # CPUs on the head for Tune's trial actors (and the Train controllers that follow them),
+    # which would otherwise be placed on spot GPU nodes; no train_node / val_node there.
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 2}
     assert (
         types["train_gpu"]["min_workers"] == 0 and "train_node" in types["train_gpu"]["resources"]
     )
@@ -42,6 +44,7 @@ def test_kuberay_manifests() -> None:
     assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
     spec = cluster["spec"]
     assert spec["enableInTreeAutoscaling"] is True
+    assert spec["autoscalerOptions"]["version"] == "v2"  # what raydr's capacity check reads
     assert spec["headGroupSpec"]["template"]["spec"]["containers"]
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
     assert set(groups) == {"train-gpu", "val-gpu"}
