@@ -127,7 +127,8 @@ def main(args: argparse.Namespace) -> None:
             args.config,
             [
                 *args.overrides,
-                f"name={base.name}-autoscale",
+                # Its own name each time: the same name would resume the last search.
+                f"name={base.name}-autoscale-{int(time.time())}",
                 *overrides(cluster.address, args.train_nodes),
             ],
         )
@@ -250,6 +251,6 @@ def plot(payload: dict[str, Any], path: Path) -> None:
         f"{payload['idle_timeout_s']:g} s",
     )
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="upper right")
+    ax.legend(loc="best", framealpha=0.9)
     fig.tight_layout()
     atomic.save_figure(fig, path)
