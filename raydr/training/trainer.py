@@ -21,13 +21,15 @@ def use_gpu(cfg: RaydrConfig) -> bool:
     """GPUs only where torch can really use them: Ray's logical GPUs are not enough
     (``use_gpu=True`` without CUDA crashes in NCCL / prepare_model). On a cluster
     (``ray.address`` set) whose workers are asked for GPUs, the workers' nodes decide, not the
-    driver's: on ``cluster/aws.yaml`` the driver runs on a CPU head."""
+    driver's: on ``cluster/aws.yaml`` the driver runs on a CPU head. (A Tune trial runs
+    without RAY_ADDRESS: ``run_search`` hands it the address.)"""
     import torch
 
     if cfg.training.use_gpu == "no":
         return False
     available = torch.cuda.is_available()
-    on_cluster = cfg.ray.address is not None
+    # A cluster: named in the config, or joined through `ray job submit` (RAY_ADDRESS).
+    on_cluster = cfg.ray.address is not None or bool(os.environ.get("RAY_ADDRESS"))
     asks = cfg.training.resources_per_worker.get("GPU", 0) > 0
     if cfg.training.use_gpu == "yes":
         if not (available or on_cluster):

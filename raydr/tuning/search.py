@@ -135,7 +135,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     trainable = tune.with_resources(
         tune.with_parameters(
             tune_trial,
-            base=cfg.model_dump(mode="json"),
+            base=_trial_base(cfg),
             pool=pool_name(cfg.name),
             rungs=rungs,
             hold=hold,
@@ -179,6 +179,16 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         rungs=rungs,
         validate_full=lambda pairs: validate_full(cfg, pairs),
     )
+
+
+def _trial_base(cfg: RaydrConfig) -> dict[str, Any]:
+    """The config each trial starts from. A driver inside `ray job submit` joined the cluster
+    through RAY_ADDRESS, which trials do not see: they get it as ``ray.address``, so that
+    ``training.use_gpu: auto`` decides for the cluster's workers, not the CPU head's."""
+    tree = cfg.model_dump(mode="json")
+    if tree["ray"]["address"] is None and os.environ.get("RAY_ADDRESS"):
+        tree["ray"]["address"] = os.environ["RAY_ADDRESS"]
+    return tree
 
 
 def validate_full(cfg: RaydrConfig, pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:

@@ -34,3 +34,35 @@ def test_release_lag_is_the_time_nodes_outlive_the_workers_that_needed_them() ->
     assert release_lags(samples) == [3, 3]
     # Nodes that never came down count the wait so far, so a test bounding the lag still fails.
     assert release_lags([_s(0, 2, 2), _s(1, 2, 1), _s(60, 2, 1)]) == [59]
+
+
+def test_on_a_cluster_workers_asked_for_gpus_train_on_gpu_whatever_the_driver_has(
+    monkeypatch,
+) -> None:
+    import pytest
+    import torch
+
+    from raydr.config import RaydrConfig
+    from raydr.errors import RaydrError
+    from raydr.training.trainer import use_gpu, worker_resources
+
+    if torch.cuda.is_available():
+        pytest.skip("decides for a driver without CUDA (a CPU head)")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def cfg(address=None, use="auto", **per_worker):
+        tree = {"training": {"use_gpu": use, "resources_per_worker": per_worker or {"CPU": 1}}}
+        tree = {**tree, "data": {"path": "d"}, "ray": {"address": address}}
+        return RaydrConfig.model_validate(tree)
+
+    gpu = {"GPU": 1, "train_node": 1}
+    assert not use_gpu(cfg(**gpu))  # a local Ray: its GPUs are logical, CUDA decides
+    assert worker_resources(cfg(**gpu)) == {"train_node": 1}
+    assert use_gpu(cfg("10.0.0.1:6379", **gpu))  # cluster/aws.yaml: the driver on a CPU head
+    assert worker_resources(cfg("10.0.0.1:6379", **gpu)) == gpu
+    assert not use_gpu(cfg("10.0.0.1:6379"))  # not asked for GPUs: CPU workers
+    assert not use_gpu(cfg("10.0.0.1:6379", use="no", **gpu))
+    with pytest.raises(RaydrError, match="use_gpu=yes, but torch sees no CUDA"):
+        use_gpu(cfg(use="yes"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # inside `ray job submit`
+    assert use_gpu(cfg(**gpu))
