@@ -186,18 +186,36 @@ class FakeAutoscalingCluster:
             start_new_session=True,
         )
         deadline = time.time() + timeout_s
-        while not self._answers():
+        # Up means the autoscaler has reported once, not only that the head answers: a monitor
+        # that fails on its config leaves a head that answers and never scales.
+        while not (self._answers() and self._autoscaler_reported()):
             if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"the fake autoscaling head did not start; see {log.name}")
+                self.stop(keep_logs=True)
+                raise RuntimeError(
+                    f"the fake autoscaling cluster did not start; see {log.name} and "
+                    f"{self.temp}/session_latest/logs/monitor.err"
+                )
             time.sleep(0.5)
         return self
+
+    def _autoscaler_reported(self) -> bool:
+        from ray._raylet import GcsClient
+        from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+
+        try:
+            raw = GcsClient(self.address).get_cluster_status(timeout_s=5)
+        except Exception:  # the GCS is still starting
+            return False
+        reply = GetClusterStatusReply()
+        reply.ParseFromString(raw)
+        return reply.autoscaling_state.autoscaler_state_version > 0
 
     def _answers(self) -> bool:
         return answers(self.port, self.dashboard_port)
 
-    def stop(self) -> None:
-        """Stop the head and every node the autoscaler started (one process group)."""
+    def stop(self, keep_logs: bool = False) -> None:
+        """Stop the head and every node the autoscaler started (one process group), and remove
+        its temp dir unless ``keep_logs``."""
         if self.proc is not None and self.proc.poll() is None:
             pgid = os.getpgid(self.proc.pid)
             os.killpg(pgid, signal.SIGTERM)
@@ -207,7 +225,8 @@ class FakeAutoscalingCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             self.proc.wait()
-        shutil.rmtree(self.temp, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(self.temp, ignore_errors=True)
 
     def __enter__(self) -> FakeAutoscalingCluster:
         return self.start()
