@@ -8,7 +8,8 @@ shape (PACK, so it may span nodes). Ray's autoscaler sees it as demand and start
 probe is placed it is removed, and the real work starts on nodes that are up. If the autoscaler
 (v2) reports the probe infeasible, meaning no node type it may still start holds it, for
 ``settle_s``, raydr raises naming the config field. A v1 autoscaler does not report; with
-``ray.autoscaler: yes`` raydr waits for it up to ``timeout_s``.
+``ray.autoscaler: yes`` raydr waits for it up to ``timeout_s``. When work ends, its request for
+nodes is withdrawn (``release_nodes``), so the autoscaler can take them back.
 """
 
 from __future__ import annotations
@@ -155,3 +156,21 @@ def _probe(demands: list[Demand], timeout_s: float, settle_s: float) -> dict[str
         for _, pg in probes.values():
             remove_placement_group(pg)
     return waited
+
+
+def release_nodes(run_id: str) -> bool:
+    """Withdraw Train run ``run_id``'s standing request to Ray's autoscaling coordinator.
+
+    Train withdraws it itself when a run ends, but not when its controller dies with the Tune
+    trial that owns it (a trial the scheduler stops): the autoscaler then keeps that trial's
+    nodes until the request expires, up to 200 s later (180 s plus one 20 s coordinator tick).
+    → whether a coordinator was there to ask."""
+    import ray
+
+    try:
+        coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    except ValueError:  # no Train run on this cluster has asked for anything
+        return False
+    # Train's requester id for a run (ray.train.v2 scaling_policy.after_controller_start).
+    ray.get(coordinator.cancel_request.remote(f"train-{run_id}"), timeout=30)
+    return True

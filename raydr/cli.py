@@ -85,7 +85,7 @@ def _cmd_bm25(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from raydr import config
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     cfg = config.load(args.config, args.overrides)
     result, validated = train(cfg)
@@ -125,7 +125,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
     from raydr import config
     from raydr.training import checkpoint
-    from raydr.training.trainer import init_ray
+    from raydr.connect import init_ray
     from raydr.validation.ledger import Ledger
     from raydr.validation.pool import start_pool, wait_idle
     from raydr.validation.report import plot_curves

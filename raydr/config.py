@@ -254,34 +254,49 @@ class TrainingConfig(Section):
         description="pin training workers to these CPU cores (Linux; e.g. to keep validators apart)",
     )
 
+    # Cross-field rules, one named validator each (pydantic runs them in this order).
     @model_validator(mode="after")
     def _elastic_range(self) -> TrainingConfig:
         if isinstance(self.num_workers, tuple) and self.num_workers[0] > self.num_workers[1]:
             raise ValueError(f"num_workers range {self.num_workers} has min > max")
+        return self
+
+    @model_validator(mode="after")
+    def _grad_cache_chunk_within_batch(self) -> TrainingConfig:
         if self.grad_cache_chunk is not None and self.grad_cache_chunk > self.batch_size:
             raise ValueError(
                 f"grad_cache_chunk={self.grad_cache_chunk} is larger than batch_size="
                 f"{self.batch_size}: a chunk is a part of one worker's batch of queries"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _memory_bank_needs_infonce(self) -> TrainingConfig:
         if self.loss.type == "margin" and self.memory_bank.size:
             raise ValueError(
                 "memory_bank.size > 0 needs loss.type 'infonce': the margin loss has no "
                 "denominator for banked negatives to join"
             )
-        if self.mining.source == "dynamic" and self.group_size < 2:
+        return self
+
+    @model_validator(mode="after")
+    def _dynamic_mining_has_room(self) -> TrainingConfig:
+        if self.mining.source != "dynamic":
+            return self
+        if self.group_size < 2:
             raise ValueError(
                 f"mining.source 'dynamic' serves hard negatives: it needs group_size >= 2 (got "
                 f"{self.group_size})"
             )
-        if (
-            self.mining.source == "dynamic"
-            and self.mining.sampling == "topk"
-            and self.mining.depth < self.group_size - 1
-        ):
+        if self.mining.sampling == "topk" and self.mining.depth < self.group_size - 1:
             raise ValueError(
                 f"mining.depth={self.mining.depth} is smaller than the {self.group_size - 1} "
                 f"negatives per query that group_size={self.group_size} draws from it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _margin_needs_a_negative(self) -> TrainingConfig:
         if self.loss.type == "margin" and self.group_size < 2:
             raise ValueError(
                 f"loss.type 'margin' needs a hard negative per query: group_size >= 2 (got "
@@ -304,7 +319,9 @@ class ValidationConfig(Section):
 
     enabled: bool = True
     mode: Literal["pool", "inline"] = Field(
-        "pool", description="inline = rank 0 validates in the loop (the naive baseline)"
+        "pool",
+        description="pool: warm validator actors, training never waits; inline: rank 0 "
+        "validates in the loop while every worker waits (no actors; `raydr train` only)",
     )
     split: str = Field("test", description="qrels split whose queries validate checkpoints")
     max_queries: PositiveInt | None = None
@@ -353,12 +370,6 @@ class TuneConfig(Section):
     storage_path: str | None = Field(None, description="Ray Tune storage; default OUTPUT_DIR/tune")
     trial_cpus: float = Field(0.01, gt=0, description="the Tune function's own CPU share")
     seed: int | None = None
-    metric_delivery: Literal["on_landing", "at_checkpoint"] = Field(
-        "on_landing",
-        description="on_landing: a validated metric reaches the scheduler as the pool records "
-        "it; at_checkpoint: with the trial's next checkpoint report (stopping then depends on "
-        "how validation time compares with the checkpoint interval)",
-    )
     rung_wait: Literal["none", "until_validated"] = Field(
         "none",
         description="until_validated: a trial pauses at each ASHA rung checkpoint, keeping its "
@@ -388,11 +399,6 @@ class TuneConfig(Section):
             raise ValueError(
                 f"rung_wait=until_validated waits at ASHA's rungs, but tune.scheduler.type is "
                 f"{self.scheduler.type!r}, which has none; use type=asha or rung_wait=none"
-            )
-        if self.metric_delivery != "on_landing":
-            raise ValueError(
-                "rung_wait=until_validated needs metric_delivery=on_landing: a paused trial "
-                "makes no checkpoint report that could carry its rung metric"
             )
         return self
 

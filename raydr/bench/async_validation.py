@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> None:
 def measure(name: str, cfg) -> dict[str, Any]:
     """Train ``cfg`` (validated as it says) and time it: the training loop, steps/s, and from
     the first step until the last checkpoint's metric is in the ledger."""
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     t0 = time.perf_counter()
     result, validated = train(cfg)  # returns once validation is complete too

@@ -156,7 +156,7 @@ def run_arm(arm: str, cfg) -> dict[str, Any]:
     import torch
 
     from raydr.errors import RaydrError
-    from raydr.validation.client import train
+    from raydr.launch import train
     from raydr.validation.report import best_row
 
     if not cfg.validation.enabled:

@@ -23,7 +23,7 @@ def main(args: argparse.Namespace) -> None:
 
     from raydr import config
     from raydr.bench.common import machine, write_json
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     base = config.load(args.config, args.overrides)
     half = max(1, args.steps // 2)

@@ -29,10 +29,6 @@ class CheckpointHook(Protocol):
         """Called on every rank after the checkpoint of ``step`` was handed over; returns when
         training may go on (at once, unless a scheduler wants this checkpoint's metric first)."""
 
-    def validated(self, step: int) -> dict[str, Any]:
-        """The newest validated metrics of this run, projected for a report made at ``step``
-        (metric values plus the step they were measured on); {} while there are none."""
-
 
 class NegativeSource(Protocol):
     """Hard negatives that change while training runs (``raydr.validation.client``'s pool
@@ -54,12 +50,8 @@ class NegativeSource(Protocol):
 class LoopContext:
     """Everything a worker's loop gets besides what ``ray.train.get_context()`` says."""
 
-    config: dict[str, Any]  # RaydrConfig as JSON, local paths absolute
+    cfg: RaydrConfig  # resolved once at the driver (local paths absolute); never re-validated
     storage: str  # Ray Train storage root: checkpoints land at <storage>/<name>/<dir_name>
     threads: int  # torch threads per worker (Ray starts workers with one)
     hook: CheckpointHook | None = None  # None: train without validation
     negatives: NegativeSource | None = None  # None: the static negatives of training.negatives
-
-    @property
-    def cfg(self) -> RaydrConfig:
-        return RaydrConfig.model_validate(self.config)

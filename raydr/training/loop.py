@@ -363,10 +363,6 @@ def _report(ctx: LoopContext, rank: int, metrics: dict[str, Any], state, positio
     cfg = ctx.cfg
     model, tokenizer, optimizer, scheduler, bank = state
     step, epoch, epoch_rows = position
-    if ctx.hook is not None:
-        # The freshest validated metrics, with the step they were measured on, so a scheduler
-        # never mistakes an old value for a new one.
-        metrics.update(ctx.hook.validated(step))
     with tempfile.TemporaryDirectory(prefix="raydr-ckpt-") as tmp:
         path = os.path.join(tmp, "checkpoint")
         checkpoint.write(

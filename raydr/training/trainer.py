@@ -1,11 +1,13 @@
-"""``raydr train``: a Ray Train ``TorchTrainer`` built from config, sized to what really exists."""
+"""A Ray Train ``TorchTrainer`` built from config, sized to what really exists, and its ``fit``.
+
+The checks before a run are in ``preflight``, connecting to Ray in ``raydr.connect``, the
+one-line failure text in ``failure``."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from raydr import capacity
@@ -76,7 +78,8 @@ def build_trainer(
     loop=None,
     negatives: NegativeSource | None = None,
 ):
-    """A ``TorchTrainer`` for ``cfg``; rank 0 hands each committed checkpoint to ``hook``.
+    """A ``TorchTrainer`` for ``cfg`` (resolved by the caller: ``with_absolute_paths``); rank 0
+    hands each committed checkpoint to ``hook``.
 
     ``loop`` replaces the per-worker function (tests wrap it to inject faults)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -84,13 +87,12 @@ def build_trainer(
 
     from raydr.training.loop import train_loop_per_worker
 
-    cfg = cfg.with_absolute_paths()
     tcfg = cfg.training
     gpu = use_gpu(cfg)
     resources = worker_resources(cfg)
     storage = cfg.paths.train_storage
     ctx = LoopContext(
-        config=cfg.model_dump(mode="json"),
+        cfg=cfg,
         storage=storage,
         threads=max(1, int(resources.get("CPU", 1))),
         hook=hook,
@@ -116,213 +118,17 @@ def build_trainer(
     )
 
 
-KNOWN_SCHEMES = {"s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file", "mock"}
-
-
-def check_storage(cfg: RaydrConfig) -> None:
-    """``training.storage_path`` is a local path or a URI pyarrow's filesystems understand."""
-    storage = cfg.paths.train_storage
-    scheme, sep, _ = storage.partition("://")
-    if not sep:
-        return
-    if scheme not in KNOWN_SCHEMES:
-        raise RaydrError(
-            f"training.storage_path {storage!r}: unknown URI scheme {scheme!r} (expected a local "
-            f"path, s3://, gs:// or another pyarrow filesystem: {', '.join(sorted(KNOWN_SCHEMES))})"
-        )
-    import pyarrow.fs
-
-    try:
-        pyarrow.fs.FileSystem.from_uri(storage)
-    except (pyarrow.ArrowInvalid, OSError, ValueError) as exc:
-        raise RaydrError(f"training.storage_path {storage!r}: {exc}") from None
-
-
-def warn_local_storage_on_multinode(cfg: RaydrConfig) -> None:
-    """Local paths are not shared between nodes: Ray cannot gather checkpoints there."""
-    import ray
-
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    if len(alive) > 1 and "://" not in cfg.paths.train_storage:
-        log.warning(
-            "training.storage_path %r is a local path on a %d-node cluster: unless it is a shared "
-            "mount (NFS, /mnt/cluster_storage), checkpoints and the ledger end up on different "
-            "nodes; use s3://... or gs://...",
-            cfg.paths.train_storage,
-            len(alive),
-        )
-
-
-def preflight(cfg: RaydrConfig) -> None:
-    """Check the data against the config on the driver, so bad input fails in one clear line
-    here rather than as a traceback from inside N workers."""
-    from raydr.data.groups import build_rows, check_group_size, load_negatives, shard
-    from raydr.training import plan
-
-    check_storage(cfg)
-    tcfg = cfg.training
-    negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
-    dynamic = tcfg.mining.source == "dynamic"
-    if tcfg.group_size > 1 and negatives is None and not dynamic:
-        raise RaydrError(
-            f"training.group_size={tcfg.group_size} needs hard negatives: set training.negatives "
-            f"(run `raydr mine-negatives CONFIG` to make them) or training.mining.source=dynamic"
-        )
-    rows = build_rows(cfg.data.path, tcfg.split, negatives)
-    if negatives is not None or not dynamic:  # dynamic: the table only bridges the first index
-        check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
-    if dynamic:
-        check_mining(cfg, rows)
-    world = plan.world_sizes(tcfg)[1]
-    shard(len(rows), 0, cfg.seed, 0, world, tcfg.batch_size)  # one full step, or a clear error
-    warn_selection_on_training_queries(cfg, {r.query_id for r in rows})
-    micro_batches = plan.steps_per_epoch(len(rows), world, tcfg.batch_size, 1)
-    check_memory_bank(tcfg, world, micro_batches)
-    if micro_batches < tcfg.grad_accum:
-        raise RaydrError(
-            f"training.grad_accum={tcfg.grad_accum} exceeds the {micro_batches} micro-batches per "
-            f"epoch ({len(rows)} queries / (batch_size {tcfg.batch_size} x {world} workers))"
-        )
-
-
-def check_mining(cfg: RaydrConfig, rows) -> None:
-    """Dynamic negatives: landmarks and negatives per query must fit in the training corpus."""
-    from raydr.data.tables import load_corpus
-
-    mcfg, tcfg = cfg.training.mining, cfg.training
-    n_docs = load_corpus(cfg.data.path).num_rows
-    if mcfg.landmarks > n_docs:
-        raise RaydrError(
-            f"training.mining.landmarks={mcfg.landmarks} is larger than the training corpus "
-            f"({n_docs} docs in {cfg.data.path}); expected at most {n_docs}"
-        )
-    judged = max(len(r.positives) for r in rows) + 1  # + the query's own id (BEIR)
-    if tcfg.group_size - 1 > n_docs - judged:
-        raise RaydrError(
-            f"training.group_size={tcfg.group_size} asks for {tcfg.group_size - 1} negatives "
-            f"per query, but the corpus has only {n_docs} docs ({judged} judged for some query)"
-        )
-
-
-def check_memory_bank(tcfg, world: int, micro_batches: int) -> None:
-    """The bank must hold at least one step's passages, and at most an epoch's (beyond that it
-    would hold copies of the same passages from the epoch before)."""
-    size = tcfg.memory_bank.size
-    if not size:
-        return
-    per_step = world * tcfg.batch_size * tcfg.group_size
-    per_epoch = micro_batches * per_step
-    if size < per_step:
-        raise RaydrError(
-            f"training.memory_bank.size={size} does not hold one step's passages: "
-            f"{world} workers x batch_size {tcfg.batch_size} x group_size {tcfg.group_size} = "
-            f"{per_step}; use a multiple of {per_step}"
-        )
-    if size > per_epoch:
-        raise RaydrError(
-            f"training.memory_bank.size={size} exceeds the {per_epoch} passages of one epoch "
-            f"({micro_batches} micro-batches x {per_step}); the bank would hold the same "
-            f"passages twice: use at most {per_epoch}"
-        )
-
-
-def warn_selection_on_training_queries(cfg: RaydrConfig, trained: set[str]) -> None:
-    """Checkpoints selected on queries the model trains on look better than they are."""
-    from raydr.data.tables import load_qrels
-
-    vcfg = cfg.validation
-    if not vcfg.enabled:
-        return
-    shared = trained & set(load_qrels(cfg.data.path, vcfg.split))
-    if shared:
-        log.warning(
-            "validation.split %r shares %d queries with training.split %r: checkpoint selection "
-            "on them is optimistic; carve a dev split (raydr import-beir --dev-from %s)",
-            vcfg.split,
-            len(shared),
-            cfg.training.split,
-            cfg.training.split,
-        )
-
-
-def check_existing_checkpoints(cfg: RaydrConfig) -> None:
-    """A rerun resumes from the run's latest *committed* checkpoint; refuse a damaged one
-    before Ray hands it to the workers. Folders Ray never committed (a crash mid-upload) are
-    not resumed from, so they are not checked."""
-    import json
-
-    from raydr.training import checkpoint
-
-    if "://" in cfg.paths.train_storage:
-        return  # cloud storage: the workers' checkpoint.read() still checks on load
-    run_dir = Path(cfg.paths.train_storage) / cfg.name
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"  # Ray Train's record of commits
-    try:
-        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # nothing committed yet (or a Ray version that keeps it elsewhere)
-    folder = run_dir / latest
-    try:
-        checkpoint.read(folder)
-    except RaydrError as err:
-        raise RaydrError(
-            f"{err}; run {cfg.name!r} would resume from it: delete {run_dir} "
-            f"or start a new run with name=<new name>"
-        ) from None
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds on a dead host:port; ray.init would retry for a long time first."""
-    import socket
-
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        raise RaydrError(f"ray.address={address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise RaydrError(
-            f"ray.address={address!r}: cannot connect ({exc}); is the head running "
-            f"(`ray start --head`, cluster/local.sh) and the port open?"
-        ) from None
-
-
-def init_ray(cfg: RaydrConfig) -> None:
-    """Connect to ``ray.address``, or start a local Ray sized by the ``ray`` section."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    rcfg = cfg.ray
-    if not rcfg.address and os.environ.get("RAY_ADDRESS"):
-        # Inside `ray job submit`: join the job's cluster; local sizing does not apply there.
-        ray.init()
-        return
-    if rcfg.address:
-        _check_reachable(rcfg.address)
-        try:
-            ray.init(address=rcfg.address)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RaydrError(f"ray.address={rcfg.address!r}: cannot connect ({exc})") from None
-        return
-    # Keep the dashboard: Train V2's placement-group cleaner polls the State API it serves.
-    # address="local": a new Ray of our size, even where a `ray start` cluster already runs
-    # (plain ray.init() would join that one and reject the sizing).
-    ray.init(
-        address="local",
-        num_cpus=rcfg.num_cpus,
-        num_gpus=rcfg.num_gpus,
-        object_store_memory=rcfg.object_store_memory,
-    )
-
-
 def prepare(cfg: RaydrConfig, also: Sequence[Demand] = ()) -> None:
     """Check the input against the config, then connect to (or start) Ray and check that the
     cluster can hold the workers (and ``also``): bad input fails here in one line, before
     anything runs."""
+    from raydr.connect import init_ray
+    from raydr.training.preflight import (
+        check_existing_checkpoints,
+        preflight,
+        warn_local_storage_on_multinode,
+    )
+
     preflight(cfg)
     check_existing_checkpoints(cfg)
     init_ray(cfg)
@@ -342,8 +148,10 @@ def fit(
     name resumes from the latest committed checkpoint. ``hook`` receives every committed
     checkpoint on rank 0 (see ``raydr.validation.client``); ``negatives`` serves dynamic hard
     negatives to every rank; ``on_run`` is told the Train run's id before it starts (see
-    ``release_nodes``)."""
+    ``raydr.capacity.release_nodes``)."""
     from ray.train import TrainingFailedError
+
+    from raydr.training.failure import training_failed
 
     try:
         trainer = build_trainer(cfg, hook=hook, loop=loop, callbacks=callbacks, negatives=negatives)
@@ -352,48 +160,3 @@ def fit(
         return trainer.fit()
     except TrainingFailedError as exc:
         raise training_failed(cfg, exc) from None
-
-
-def release_nodes(run_id: str) -> bool:
-    """Withdraw Train run ``run_id``'s standing request to Ray's autoscaling coordinator.
-
-    Train withdraws it itself when a run ends, but not when its controller dies with the Tune
-    trial that owns it (a trial the scheduler stops): the autoscaler then keeps that trial's
-    nodes until the request expires, up to 200 s later (180 s plus one 20 s coordinator tick).
-    → whether a coordinator was there to ask."""
-    import ray
-
-    try:
-        coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
-    except ValueError:  # no Train run on this cluster has asked for anything
-        return False
-    # Train's requester id for a run (ray.train.v2 scaling_policy.after_controller_start).
-    ray.get(coordinator.cancel_request.remote(f"train-{run_id}"), timeout=30)
-    return True
-
-
-def training_failed(cfg: RaydrConfig, exc: Exception) -> RaydrError:
-    """Ray's error (every rank's traceback, dozens of lines) → a file in the run folder, and
-    one line naming the first failing rank's cause and that file."""
-    from raydr import atomic
-
-    failures: dict[int, BaseException] = getattr(exc, "worker_failures", None) or {}
-    if failures:
-        ranks = sorted(failures)
-        who = f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))}"
-        cause = f"{who}: {_one_line(failures[ranks[0]])}"
-    else:  # the controller failed (e.g. it could not schedule the workers)
-        cause = _one_line(getattr(exc, "controller_failure", exc))
-    path = cfg.with_absolute_paths().paths.run_dir / "train-failure.log"
-    try:
-        atomic.write_text(path, f"{type(exc).__name__}: {exc}\n")
-    except OSError as err:  # the one line must still come out
-        return RaydrError(f"training failed: {cause} (could not write {path}: {err})")
-    return RaydrError(f"training failed: {cause}; full log: {path}")
-
-
-def _one_line(exc: BaseException) -> str:
-    """Our own errors already read as one line; others get their type and last line."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[-1].strip() if lines else ""
-    return text if isinstance(exc, RaydrError) else f"{type(exc).__name__}: {text}".rstrip(": ")

@@ -1,8 +1,9 @@
 """A trial's courier: hands each validated metric to Tune as soon as the pool records it.
 
-Without it, a metric reaches the scheduler only in rank 0's next checkpoint report, so on a
-machine where validating a checkpoint takes longer than a checkpoint interval, a trial's rung
-metric arrives one or more intervals late, or after its last report, and ASHA stops nothing.
+It is the one path by which a validated metric reaches the scheduler. A metric riding rank 0's
+next checkpoint report (how raydr once delivered them) arrives one or more checkpoint intervals
+late wherever validating a checkpoint takes longer than an interval, or after the trial's last
+report, and ASHA then stops nothing.
 
 Why the Tune function, not rank 0: the metric lands in the pool, which is independent of the
 training loop, so it is delivered while training is slow, restarting, or paused at a rung, and
@@ -18,24 +19,27 @@ import logging
 import threading
 import time
 
-from raydr.validation import ledger as rows
+from raydr.errors import RaydrError
+from raydr.validation.ledger import report_metrics
 
 log = logging.getLogger(__name__)
 
 
 def tune_channel():
-    """The Tune session's inter-actor report queue, or None where this Ray has none."""
+    """The Tune session's inter-actor report queue (a private Ray API: it is what Ray's own
+    ``TuneReportCallback`` uses). Raises RaydrError where this Ray has none."""
     try:
         from ray.train._internal.session import get_session
 
         return get_session()._get_or_create_inter_actor_queue()
     except (ImportError, AttributeError) as exc:
-        log.warning(
-            "this Ray has no report channel for a Tune function's threads (%s); validated "
-            "metrics reach the scheduler with the next checkpoint report",
-            exc,
-        )
-        return None
+        import ray
+
+        raise RaydrError(
+            f"Ray {ray.__version__} has no report channel for a Tune function's threads "
+            f"({exc}): raydr's searches need one to hand validated metrics to the scheduler; "
+            f"use the Ray version pyproject.toml names"
+        ) from None
 
 
 class Courier(threading.Thread):
@@ -70,7 +74,7 @@ class Courier(threading.Thread):
             if row["status"] == "done" and row["step"] > self.delivered:
                 step = self.final_step if self.final_step is not None else answer["step"]
                 step = max(step, row["step"])  # before rank 0's first heartbeat lands
-                report = {**rows.report_metrics(row, self.metrics, step), "step": step}
+                report = {**report_metrics(row, self.metrics, step), "step": step}
                 self.channel.put(report)  # blocks until Tune's session has taken it
                 self.delivered = row["step"]
             self.closed = max(self.closed, row["step"])
@@ -94,11 +98,8 @@ class Courier(threading.Thread):
         self.join(timeout=10.0)
 
 
-def start(pool, trial: str, metrics: list[str]) -> Courier | None:
-    """A running courier for ``trial``, or None where Tune offers no channel."""
-    channel = tune_channel()
-    if channel is None:
-        return None
-    courier = Courier(pool, trial, metrics, channel)
+def start(pool, trial: str, metrics: list[str]) -> Courier:
+    """A running courier for ``trial``."""
+    courier = Courier(pool, trial, metrics, tune_channel())
     courier.start()
     return courier

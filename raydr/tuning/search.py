@@ -76,20 +76,18 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    from raydr.training.trainer import check_capacity, init_ray, preflight
-    from raydr.tuning.scheduler import (
-        CancelStopped,
-        LagWatch,
-        ReleaseStopped,
-        build_scheduler,
-        rung_checkpoints,
-    )
+    from raydr.connect import init_ray
+    from raydr.training.preflight import preflight
+    from raydr.training.trainer import check_capacity
+    from raydr.tuning.callbacks import CancelStopped, LagWatch, ReleaseStopped
+    from raydr.tuning.scheduler import build_scheduler, rung_checkpoints
     from raydr.tuning.space import check_metric, parse_space
     from raydr.tuning.summary import summarize
     from raydr.tuning.trial import tune_trial
     from raydr.validation.pool import demand as validator_demand
     from raydr.validation.pool import pool_name, start_pool, wait_idle
 
+    cfg = cfg.with_absolute_paths()  # once, here: trials and actors run in other folders
     metric = check_metric(cfg)
     space = parse_space(cfg)
     preflight(cfg)
@@ -103,7 +101,6 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     check_capacity(cfg, also=[validator_demand(cfg)])
     if cfg.tune.scheduler.type != "none":
         warn_without_state_api()
-    cfg = cfg.with_absolute_paths()
     total = ray.cluster_resources()
     max_conc = (
         concurrency(cfg, total)
@@ -177,7 +174,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         steps,
         progress=progress,
         rungs=rungs,
-        validate_full=lambda pairs: validate_full(cfg, pairs),
+        validate_full=lambda pairs: confirm_on_full_corpus(cfg, pairs),
     )
 
 
@@ -191,21 +188,20 @@ def _trial_base(cfg: RaydrConfig) -> dict[str, Any]:
     return tree
 
 
-def validate_full(cfg: RaydrConfig, pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
+def confirm_on_full_corpus(cfg: RaydrConfig, pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
     """Each (checkpoint, step) validated on the full corpus, as Ray tasks shaped like a
     validator (its CPUs, GPU fraction and custom resources): the search is over, so they
     spread over everything it held and run side by side."""
     import ray
 
-    from raydr.validation.validator import validate_full as validate_one
+    from raydr.validation.validator import validate_on_full_corpus
 
     v = cfg.validation
     cpus = max(1.0, v.num_cpus)  # a whole core each: nothing else runs now
-    task = ray.remote(validate_one).options(
+    task = ray.remote(validate_on_full_corpus).options(
         num_cpus=cpus, num_gpus=v.num_gpus, resources=dict(v.resources) or None
     )
-    tree = cfg.model_dump(mode="json")
-    return ray.get([task.remote(tree, path, step, int(cpus)) for path, step in pairs])
+    return ray.get([task.remote(cfg, path, step, int(cpus)) for path, step in pairs])
 
 
 def warn_without_state_api() -> None:

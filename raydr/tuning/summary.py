@@ -98,7 +98,6 @@ def summarize(
         "trial_steps_run": trial_steps,
         "trial_steps_without_scheduler": total_steps * len(trials),
         "rung_checkpoints": list(rungs),
-        "metric_delivery": cfg.tune.metric_delivery,
         "rung_wait": cfg.tune.rung_wait,
         "winner_named_on": "full corpus" if confirmation and "winner" in confirmation else "subset",
         "confirmation": confirmation,

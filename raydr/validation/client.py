@@ -1,9 +1,10 @@
-"""The training side of validation: the checkpoint hooks the loop calls, and ``train``.
+"""The training side of validation: the checkpoint hooks the loop calls.
 
 ``PoolHook`` pushes each committed checkpoint to the run's ``ValidationPool`` and never waits;
-``InlineHook`` validates right there on rank 0 (the naive baseline the benchmarks compare
-against). Both read validated metrics back through the ledger's one projection.
-``PoolNegatives`` gives every worker the pool's newest mining index (dynamic negatives).
+``InlineHook`` validates right there on rank 0 (``validation.mode: inline``: no pool, training
+waits). Neither carries metrics back into training reports: a validated metric reaches Tune by
+one path, the trial's courier (``raydr.tuning.courier``). ``PoolNegatives`` gives every worker
+the pool's newest mining index (dynamic negatives).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from raydr.config import RaydrConfig
-from raydr.validation import ledger as rows
-from raydr.validation.ledger import Ledger
+from raydr.config import MiningConfig, RaydrConfig
+from raydr.validation.ledger import Ledger, done_row
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ class PoolHook:
 
     pool: str  # the pool actor's name
     trial: str  # the ledger's trial key
-    metrics: list[str]  # the metric names a report carries
     rungs: tuple[int, ...] = ()  # checkpoint steps a scheduler decides on: validated first
     wait_at_rungs: bool = False  # pause at those steps until the scheduler has decided
     _pool: Any = field(default=None, init=False, repr=False, compare=False)
@@ -73,13 +72,6 @@ class PoolHook:
             return
         log.info("rung at step %d passed after %.1f s paused", step, time.monotonic() - t0)
 
-    def validated(self, step: int) -> dict[str, Any]:
-        import ray
-
-        # An immediate lookup in the pool's ledger, not a wait for any validation to finish.
-        latest = ray.get(self._handle().latest.remote(self.trial))
-        return {} if latest is None else rows.report_metrics(latest, self.metrics, step)
-
 
 @dataclass
 class PoolNegatives:
@@ -91,7 +83,7 @@ class PoolNegatives:
 
     pool: str  # the pool actor's name
     trial: str  # the ledger's trial key
-    mining: dict[str, Any]  # this trial's training.mining
+    mining: MiningConfig  # this trial's training.mining
     model: str  # what training starts from: the pool's initial index encodes with it
     _index: Any = field(default=None, init=False, repr=False)  # NegativeIndex
     _request: Any = field(default=None, init=False, repr=False)  # ObjectRef of the answer
@@ -103,7 +95,7 @@ class PoolNegatives:
         """The run's source of dynamic negatives, or None for static ones."""
         if cfg.training.mining.source != "dynamic":
             return None
-        return cls(pool, trial, cfg.training.mining.model_dump(mode="json"), cfg.model.name)
+        return cls(pool, trial, cfg.training.mining, cfg.model.name)
 
     def poll(self) -> None:
         import ray
@@ -141,7 +133,7 @@ class PoolNegatives:
                     self._fetch = answer[1]
             return
         now = time.monotonic()
-        if now - self._asked_at >= self.mining["poll_s"]:
+        if now - self._asked_at >= self.mining.poll_s:
             self._asked_at = now
             have = -1 if self._index is None else self._index.snapshot.step
             handle = ray.get_actor(self.pool, namespace=NAMESPACE)
@@ -151,9 +143,9 @@ class PoolNegatives:
         index = self._index
         if index is None or not index.knows(query_id):
             return None
-        if self.mining["sampling"] == "softmax":
-            return index.sample(query_id, n, self.mining["temperature"], rng, exclude)
-        top = index.top(query_id, self.mining["depth"], exclude)
+        if self.mining.sampling == "softmax":
+            return index.sample(query_id, n, self.mining.temperature, rng, exclude)
+        top = index.top(query_id, self.mining.depth, exclude)
         return [top[i] for i in rng.choice(len(top), size=n, replace=False)]
 
     def describe(self, step: int) -> dict[str, Any]:
@@ -170,15 +162,13 @@ class PoolNegatives:
 
 @dataclass
 class InlineHook:
-    """Validate on rank 0 and make every worker wait: the baseline ``raydr bench async`` beats."""
+    """Validate on rank 0 while every worker waits (``validation.mode: inline``): no pool
+    actors, the simplest setup; ``raydr bench async`` measures what the pool saves over it."""
 
-    config: dict[str, Any]
+    cfg: RaydrConfig  # resolved at the driver (absolute paths)
     subset: list[str] | None
     trial: str
     _validator: Any = field(default=None, init=False, repr=False)
-
-    def _ledger(self) -> Ledger:
-        return Ledger.for_run(RaydrConfig.model_validate(self.config))
 
     def on_checkpoint(self, step: int, uri: str) -> None:
         import torch
@@ -186,50 +176,12 @@ class InlineHook:
         from raydr.validation.validator import Validator
 
         if self._validator is None:  # built on first use, in the worker, then kept warm
-            self._validator = Validator(self.config, self.subset, threads=torch.get_num_threads())
+            self._validator = Validator(self.cfg, self.subset, threads=torch.get_num_threads())
         metrics = self._validator.validate(uri, step)
-        self._ledger().append(rows.done(self.trial, step, uri, metrics))
+        Ledger.for_run(self.cfg).append(done_row(self.trial, step, uri, metrics))
 
     def progress(self, step: int) -> None:
         pass  # training and validation are one process here: nothing runs ahead
 
     def hold(self, step: int) -> None:
         pass  # every checkpoint is validated before training goes on
-
-    def validated(self, step: int) -> dict[str, Any]:
-        latest = self._ledger().latest(self.trial)
-        cfg = RaydrConfig.model_validate(self.config)
-        return {} if latest is None else rows.report_metrics(latest, cfg.eval.metrics, step)
-
-
-def train(cfg: RaydrConfig, loop=None) -> tuple[Any, list[rows.Row] | None]:
-    """Train ``cfg`` with every checkpoint validated as ``cfg.validation`` says.
-
-    → (Ray Train result, the run's done ledger rows; None without validation). Returns once the
-    last checkpoint is validated. ``loop`` replaces the per-worker function (tests)."""
-    import ray
-
-    from raydr.training.trainer import fit, prepare
-    from raydr.validation.pool import demand, pool_name, start_pool, wait_idle
-    from raydr.validation.sampling import prepare_subset
-
-    cfg = cfg.with_absolute_paths()
-    log.info("storage:\n%s", cfg.paths.describe())
-    # The validators' nodes are asked for with the trainer's, so both scale up side by side.
-    pooled = cfg.validation.enabled and cfg.validation.mode != "inline"
-    prepare(cfg, also=[demand(cfg)] if pooled else [])
-    if not cfg.validation.enabled:
-        return fit(cfg, loop=loop), None
-    if cfg.validation.mode == "inline":
-        hook = InlineHook(cfg.model_dump(mode="json"), prepare_subset(cfg), cfg.name)
-        return fit(cfg, hook=hook, loop=loop), Ledger.for_run(cfg).results(cfg.name)
-    pool = start_pool(cfg)
-    hook = PoolHook(pool_name(cfg.name), cfg.name, list(cfg.eval.metrics))
-    negatives = PoolNegatives.for_run(cfg, pool_name(cfg.name), cfg.name)
-    result = fit(cfg, hook=hook, loop=loop, negatives=negatives)
-    log.info("training finished; waiting for pending validations")
-    wait_idle(pool)
-    done = ray.get(pool.results.remote(cfg.name))
-    ray.get(pool.close.remote())
-    ray.kill(pool)
-    return result, done

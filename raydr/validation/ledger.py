@@ -1,13 +1,13 @@
 """The validation ledger: append-only JSON lines, one per event, the single source of truth.
 
-This module owns the ledger's location (``Ledger.for_run``), the shape of its rows (``pending``,
-``done``, ``failed``, ``cancelled``) and the one projection of a row into what a training report and Ray Tune
-receive (``report_metrics``). Every reader goes through it.
+This module owns the ledger's location (``Ledger.for_run``), the shape of its rows
+(``pending_row``, ``done_row``, ``failed_row``, ``cancelled_row``) and the one projection of a
+row into what Ray Tune receives (``report_metrics``). Every reader goes through it.
 
 A checkpoint is *pending* from intake until a *done*, *failed* or *cancelled* row closes it
 (cancelled: its trial was stopped by the scheduler before a validator took it, under
-``tune.stopped_checkpoints=cancel``), so a restarted pool knows what is still owed; the first closing row is final (exactly one outcome per
-checkpoint). Each append is one ``write`` of one line followed by fsync; a crash can only leave
+``tune.stopped_checkpoints=cancel``), so a restarted pool knows what is still owed; the first
+closing row is final (exactly one outcome per checkpoint). Each append is one ``write`` of one line followed by fsync; a crash can only leave
 a torn last line, which readers skip and the next writer cuts off.
 """
 
@@ -50,24 +50,24 @@ class Row(TypedDict, total=False):
     attempts: int
 
 
-def pending(trial: str, step: int, checkpoint: str) -> Row:
+def pending_row(trial: str, step: int, checkpoint: str) -> Row:
     """Intake: the checkpoint is owed a validation."""
     return Row(trial=trial, step=int(step), checkpoint=checkpoint, status="pending")
 
 
-def done(trial: str, step: int, checkpoint: str, metrics: dict[str, Any], **extra: Any) -> Row:
+def done_row(trial: str, step: int, checkpoint: str, metrics: dict[str, Any], **extra: Any) -> Row:
     """Closing row with the validator's flat metrics dict (``extra``: timings, attempts)."""
     return Row(
         trial=trial, step=int(step), checkpoint=checkpoint, status="done", metrics=metrics, **extra
     )
 
 
-def failed(trial: str, step: int, checkpoint: str, reason: str) -> Row:
+def failed_row(trial: str, step: int, checkpoint: str, reason: str) -> Row:
     """Closing row for a checkpoint that could not be validated, with the reason."""
     return Row(trial=trial, step=int(step), checkpoint=checkpoint, status="failed", error=reason)
 
 
-def cancelled(trial: str, step: int, checkpoint: str, reason: str) -> Row:
+def cancelled_row(trial: str, step: int, checkpoint: str, reason: str) -> Row:
     """Closing row for a queued checkpoint that will not be validated: its trial was stopped."""
     return Row(trial=trial, step=int(step), checkpoint=checkpoint, status="cancelled", error=reason)
 

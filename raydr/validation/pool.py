@@ -2,19 +2,20 @@
 
 Trainers *push* (trial, step, checkpoint path) with ``submit`` and never wait. The pool owns the
 work from then on, so a checkpoint submitted just before its trial is stopped is still
-validated. With dynamic negatives (``training.mining.source: dynamic``) the same job also
-rebuilds the trial's mining index from the checkpoint (one encode serves both) and publishes
-it; workers fetch the newest with ``published`` without waiting. Each checkpoint gets exactly
-one closing ledger row: a validator that dies mid-way is restarted by Ray and the checkpoint
-re-done; a checkpoint that cannot be loaded is recorded as failed with its reason while the pool
-keeps serving.
+validated. Each checkpoint gets exactly one closing ledger row: a validator that dies mid-way is
+restarted by Ray and the checkpoint re-done; a checkpoint that cannot be loaded is recorded as
+failed with its reason while the pool keeps serving.
 
-The pool is also where a search's trials meet the scheduler: rank 0 beats its step here
-(``heartbeat``), a trial's courier long-polls for rows as they close (``landed``) to hand them to
-Tune at once, and a trial paused at a scheduler rung waits here (``wait_released``) until the
-driver's scheduler has decided on that rung's metric (``release``). When the scheduler stops a
-trial and the search says ``tune.stopped_checkpoints=cancel``, the driver has the pool drop that
-trial's queued work (``cancel``): no decision will read those metrics.
+The actor composes three parts and keeps only what ties them together (``_run``: one job on
+one validator, and what its outcome writes):
+- ``queue.WorkQueue``: what waits, which validator is free, dispatch order and retries;
+- ``mining.publisher.Publication``: with dynamic negatives (``training.mining.source:
+  dynamic``) the same job rebuilds the trial's mining index from the checkpoint (one encode
+  serves both), and workers fetch the newest with ``published`` without waiting;
+- ``rendezvous.Rendezvous``: where a search's trials meet the scheduler (heartbeats, the
+  couriers' long polls, the rung-release barrier).
+When the scheduler stops a trial and the search says ``tune.stopped_checkpoints=cancel``, the
+driver has the pool drop that trial's queued work (``cancel``): no decision will read it.
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from raydr import capacity
 from raydr.capacity import Demand
-from raydr.config import RaydrConfig
+from raydr.config import MiningConfig, RaydrConfig
 from raydr.errors import RaydrError
-from raydr.validation import ledger as rows
-from raydr.validation.ledger import Ledger
+from raydr.mining.publisher import Publication
+from raydr.validation.ledger import Ledger, cancelled_row, done_row, failed_row, pending_row
+from raydr.validation.queue import Job, WorkQueue
+from raydr.validation.rendezvous import Rendezvous
 
 log = logging.getLogger(__name__)
 
@@ -43,63 +45,13 @@ def pool_name(run_name: str) -> str:
     return f"raydr-validation-pool-{run_name}"
 
 
-@dataclass
-class _Job:
-    """One unit of pool work: validate a checkpoint, rebuild a trial's mining index, or both."""
-
-    trial: str
-    step: int
-    path: str
-    validate: bool = True
-    mine: str | None = None  # "refresh" | "nystrom" | None
-    rung: bool = False  # a scheduler decides on this checkpoint's metric
-    seq: int = 0  # arrival order, set when queued
-
-
-def pick(waiting: list[_Job], served: dict[str, int], order: str) -> _Job:
-    """The job a free validator takes. ``rungs_first``: checkpoints a scheduler is waiting on
-    first (a decision there stops or keeps a whole trial); then the trial served longest ago, so
-    one trial's burst of checkpoints cannot starve the others; within a trial, the oldest (its
-    metrics reach the scheduler in step order). ``served``: trial → when it was last served."""
-    if order == "fifo":
-        return min(waiting, key=lambda j: j.seq)
-    return min(waiting, key=lambda j: (not j.rung, served.get(j.trial, -1), j.seq))
-
-
-@dataclass
-class _Mining:
-    """One trial's dynamic-negatives state. Publishing replaces a (step, ObjectRef) pair in one
-    assignment: an object in Ray's store is immutable, so a reader holds the old index or the
-    new one, never a mix."""
-
-    settings: dict[str, Any]  # the trial's training.mining
-    planned: int = 0  # step of the newest refresh queued (0: the initial model's)
-    base: tuple[int, Any] | None = None  # the newest full refresh: what Nyström corrects
-    published: tuple[int, Any] | None = None  # the newest index, refreshed or corrected
-
-    def plan(self, step: int) -> str | None:
-        """What a checkpoint at ``step`` does for mining: a full refresh once ``refresh_every``
-        steps have passed since the last one, else a Nyström correction (if landmarks)."""
-        if step - self.planned >= self.settings["refresh_every"]:
-            self.planned = step
-            return "refresh"
-        return "nystrom" if self.settings.get("landmarks") else None
-
-    def publish(self, step: int, ref, kind: str) -> None:
-        # Out-of-order finishes (two validators) never replace a newer index with an older one.
-        if kind == "refresh" and (self.base is None or step > self.base[0]):
-            self.base = (step, ref)
-        if self.published is None or step > self.published[0]:
-            self.published = (step, ref)
-
-
 @ray.remote(num_cpus=0)
 class ValidationPool:
-    def __init__(self, config: dict[str, Any], subset: list[str] | None, ledger_path: str) -> None:
+    def __init__(self, cfg: RaydrConfig, subset: list[str] | None, ledger_path: str) -> None:
         from raydr.validation.validator import Validator
 
-        self.cfg = RaydrConfig.model_validate(config)
-        vcfg = self.cfg.validation
+        self.cfg = cfg
+        vcfg = cfg.validation
         self.ledger = Ledger(ledger_path)
         options = {
             "num_cpus": vcfg.num_cpus,
@@ -110,56 +62,43 @@ class ValidationPool:
         }
         threads = max(1, int(vcfg.num_cpus))
         self.actors = [
-            ray.remote(Validator).options(**options).remote(config, subset, threads)
+            ray.remote(Validator).options(**options).remote(cfg, subset, threads)
             for _ in range(vcfg.num_actors)
         ]
         self._started = False
-        self._inflight: set[tuple[str, int]] = set()
-        self._attempts: dict[tuple[str, int], int] = {}
-        self._mining: dict[str, _Mining] = {}
-        self._progress: dict[str, int] = {}  # trial → the newest step rank 0 finished
-        self._released: dict[str, int] = {}  # trial → newest validated step the scheduler passed
+        self._mining: dict[str, Publication] = {}
         self._stopped: dict[str, str] = {}  # trial → why its queued checkpoints are cancelled
 
     async def _start(self) -> None:
+        # asyncio state must be made inside the actor's running loop, not in __init__.
         if self._started:
             return
         self._started = True
-        self._changed = asyncio.Event()  # set (and replaced) when a row closes or a rung opens
-        self._waiting: list[_Job] = []
-        self._arrived = asyncio.Event()
-        self._seq = 0
-        self._served: dict[str, int] = {}  # trial → dispatch number when last served
-        self._dispatched = 0
-        self._free: asyncio.Queue = asyncio.Queue()
-        for actor in self.actors:
-            self._free.put_nowait(actor)
+        vcfg = self.cfg.validation
+        self.queue = WorkQueue(self.actors, vcfg.order, vcfg.max_retries)
+        self.meet = Rendezvous(self.ledger.state)
         # Work owed from before a restart: intake rows with no outcome yet.
         for row in self.ledger.pending():
-            self._queue(_Job(row["trial"], int(row["step"]), row["checkpoint"]))
+            self.queue.put(Job(row["trial"], int(row["step"]), row["checkpoint"]))
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
 
-    def _queue(self, job: _Job) -> None:
-        self._seq += 1
-        job.seq = self._seq
-        self._waiting.append(job)
-        self._arrived.set()
+    # ---------------------------------------------------------------- intake and cancelling
 
     async def submit(self, trial: str, step: int, path: str, rung: bool = False) -> bool:
         """Queue a checkpoint once; → False when it is already queued, running or recorded.
-        ``rung``: a scheduler decides on its metric (validated first, see ``pick``)."""
+        ``rung``: a scheduler decides on its metric (validated first, see ``queue.pick``)."""
         await self._start()
         key = (trial, int(step))
-        if key in self.ledger.state() or key in self._inflight:
+        if key in self.ledger.state() or key in self.queue.running:
             return False
-        self.ledger.append(rows.pending(trial, step, path))
+        self.ledger.append(pending_row(trial, step, path))
         if trial in self._stopped:  # a checkpoint that raced its trial's stop
-            self.ledger.append(rows.cancelled(trial, step, path, self._stopped[trial]))
-            self._signal()
+            self.ledger.append(cancelled_row(trial, step, path, self._stopped[trial]))
+            self.meet.signal()
             return False
         mining = self._mining.get(trial)
-        plan = mining and mining.plan(int(step))
-        self._queue(_Job(trial, int(step), path, mine=plan, rung=rung))
+        plan = mining.plan(int(step)) if mining else None
+        self.queue.put(Job(trial, int(step), path, mine=plan, rung=rung))
         return True
 
     async def cancel(self, trial: str, reason: str = "its trial was stopped") -> int:
@@ -169,17 +108,15 @@ class ValidationPool:
         still gets exactly one closing row. → checkpoints cancelled."""
         await self._start()
         self._stopped[trial] = reason
-        theirs = [job for job in self._waiting if job.trial == trial]
-        self._waiting = [job for job in self._waiting if job.trial != trial]
-        dropped = [job for job in theirs if job.validate]
+        dropped = [job for job in self.queue.drop(trial) if job.validate]
         for job in dropped:
-            self.ledger.append(rows.cancelled(trial, job.step, job.path, reason))
+            self.ledger.append(cancelled_row(trial, job.step, job.path, reason))
         if dropped:
-            self._signal()
+            self.meet.signal()
         return len(dropped)
 
     async def published(
-        self, trial: str, have_step: int, settings: dict[str, Any], model: str
+        self, trial: str, have_step: int, settings: MiningConfig, model: str
     ) -> list | None:
         """The trial's newest mining index as ``[step, ObjectRef]`` if newer than ``have_step``,
         else None. The first call registers the trial and queues its initial index (from
@@ -187,30 +124,20 @@ class ValidationPool:
         await self._start()
         state = self._mining.get(trial)
         if state is None:
-            state = self._mining[trial] = _Mining(settings)
-            self._queue(_Job(trial, 0, model, validate=False, mine="refresh"))
-        if state.published is None or state.published[0] <= have_step:
-            return None
-        return [state.published[0], state.published[1]]
+            state = self._mining[trial] = Publication(settings)
+            self.queue.put(Job(trial, 0, model, validate=False, mine="refresh"))
+        newer = state.newer_than(have_step)
+        return None if newer is None else list(newer)
+
+    # ---------------------------------------------------------------- running the work
 
     async def _dispatch(self) -> None:
         while True:
-            # A free validator first, then the best job at that moment: a rung checkpoint that
-            # arrives while every validator is busy still goes ahead of older work.
-            actor = await self._free.get()
-            while not self._waiting:
-                self._arrived.clear()
-                await self._arrived.wait()
-            job = pick(self._waiting, self._served, self.cfg.validation.order)
-            self._waiting.remove(job)
-            self._dispatched += 1
-            self._served[job.trial] = self._dispatched
-            self._inflight.add((job.trial, job.step))
+            actor, job = await self.queue.take()
             asyncio.get_running_loop().create_task(self._run(actor, job))
 
-    async def _run(self, actor, job: _Job) -> None:
+    async def _run(self, actor, job: Job) -> None:
         trial, step, path = job.trial, job.step, job.path
-        key = (trial, step)
         t0 = time.time()
         mine = job.mine
         mining = self._mining.get(trial) if mine else None
@@ -229,35 +156,37 @@ class ValidationPool:
             result = await (await stream.__anext__())
             if job.validate:
                 self.ledger.append(
-                    rows.done(
+                    done_row(
                         trial,
                         step,
                         path,
                         result,
                         queued_to_done_s=time.time() - t0,
-                        attempts=self._attempts.get(key, 0) + 1,
+                        attempts=self.queue.attempts(job.key) + 1,
                     )
                 )
                 written = True
-                self._signal()
+                self.meet.signal()
             if mining is not None:
                 index_ref = await stream.__anext__()
                 index = await index_ref  # zero-copy; surfaces a failure of the mining part
                 mining.publish(step, index_ref, index.kind)
         except ray.exceptions.RayActorError as exc:
-            attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
-            if written:  # validated already: only the index is owed
-                job = _Job(trial, step, path, validate=False, mine=job.mine)
-            if attempts <= self.cfg.validation.max_retries:
+            # Validated already: only the index is owed.
+            redo = Job(trial, step, path, validate=False, mine=job.mine) if written else job
+            gave_up = self.queue.retry(redo)
+            if gave_up is None:
                 log.warning(
-                    "validator died on %s step %d; re-doing (attempt %d)", trial, step, attempts
-                )
-                self._queue(job)  # training keeps the previous index meanwhile
-            elif job.validate:
-                self._record_failure(trial, step, path, f"validator died {attempts} times: {exc}")
+                    "validator died on %s step %d; re-doing (attempt %d)",
+                    trial,
+                    step,
+                    self.queue.attempts(job.key),
+                )  # training keeps the previous index meanwhile
+            elif redo.validate:
+                self._record_failure(job, f"validator died {gave_up} times: {exc}")
             else:
                 log.error(
-                    "mining index of %s step %d lost: validator died %d times", *key, attempts
+                    "mining index of %s step %d lost: validator died %d times", *job.key, gave_up
                 )
             await self._revive(actor)
         except ray.exceptions.RayTaskError as exc:
@@ -266,19 +195,18 @@ class ValidationPool:
                 str(cause) if isinstance(cause, RaydrError) else f"{type(cause).__name__}: {cause}"
             )
             if job.validate and not written:
-                self._record_failure(trial, step, path, reason)
+                self._record_failure(job, reason)
             else:
                 log.error("mining index of %s step %d failed: %s", trial, step, reason)
         except Exception as exc:  # e.g. an OSError appending the done row: never stay pending
             log.exception("validation of %s step %d failed outside the validator", trial, step)
             try:
                 if job.validate and not written:
-                    self._record_failure(trial, step, path, f"{type(exc).__name__}: {exc}")
+                    self._record_failure(job, f"{type(exc).__name__}: {exc}")
             except Exception:  # the ledger itself is unwritable: a restarted pool redoes it
                 log.exception("cannot record the failure of %s step %d", trial, step)
         finally:
-            self._inflight.discard(key)
-            self._free.put_nowait(actor)
+            self.queue.finished(actor, job)
 
     async def _revive(self, actor, timeout_s: float = 300.0) -> None:
         # Ray restarts a dead validator (max_restarts=-1), but calls made while it restarts fail
@@ -291,75 +219,40 @@ class ValidationPool:
             except ray.exceptions.RayActorError:
                 await asyncio.sleep(0.5)
 
-    def _record_failure(self, trial: str, step: int, path: str, reason: str) -> None:
-        self.ledger.append(rows.failed(trial, step, path, reason))
-        self._signal()
+    def _record_failure(self, job: Job, reason: str) -> None:
+        self.ledger.append(failed_row(job.trial, job.step, job.path, reason))
+        self.meet.signal()
 
-    def _signal(self) -> None:
-        # Wake every long-poll at once; each re-checks its own condition.
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def _wait_change(self, deadline: float) -> bool:
-        """Sleep until something closes or opens, or ``deadline``; → False on the deadline."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        try:
-            await asyncio.wait_for(self._changed.wait(), left)
-        except TimeoutError:
-            return False
-        return True
+    # ---------------------------------------------------------------- the Tune rendezvous
 
     async def heartbeat(self, trial: str, step: int) -> None:
         """Rank 0 of ``trial`` finished ``step`` (fire and forget: training never waits)."""
-        self._progress[trial] = max(int(step), self._progress.get(trial, -1))
+        await self._start()
+        self.meet.heartbeat(trial, step)
 
     async def progress(self) -> dict[str, int]:
         """The newest step each trial's rank 0 reported finishing: where a stopped trial was."""
-        return dict(self._progress)
+        await self._start()
+        return self.meet.progress()
 
     async def landed(self, trial: str, after: int, timeout_s: float = 5.0) -> dict[str, Any]:
-        """Closing rows of ``trial`` above step ``after``, by step, as soon as there is one (a
-        long poll: waits up to ``timeout_s`` for the next). → {"rows": [...], "step": the
-        trial's newest finished step, -1 before its first}."""
+        """Closing rows of ``trial`` above step ``after`` as soon as there is one (a long poll;
+        see ``Rendezvous.landed``)."""
         await self._start()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            closed = sorted(
-                (
-                    r
-                    for (t, s), r in self.ledger.state().items()
-                    if t == trial and s > after and r["status"] in rows.CLOSED
-                ),
-                key=lambda r: r["step"],
-            )
-            if closed or not await self._wait_change(deadline):
-                return {"rows": closed, "step": self._progress.get(trial, -1)}
+        return await self.meet.landed(trial, after, timeout_s)
 
     async def release(self, trial: str, step: int) -> None:
         """The scheduler let ``trial`` go on after seeing its metric of checkpoint ``step``."""
         await self._start()
-        self._released[trial] = max(int(step), self._released.get(trial, -1))
-        self._signal()
+        self.meet.release(trial, step)
 
     async def wait_released(self, trial: str, step: int, timeout_s: float = 5.0) -> bool:
-        """True once the scheduler has passed ``trial`` on a metric of ``step`` or later, or the
-        checkpoint failed validation (no metric will come to decide on); False after
-        ``timeout_s`` (a long poll: the caller asks again)."""
+        """True once the scheduler has decided on ``trial``'s rung ``step`` (a long poll; see
+        ``Rendezvous.wait_released``)."""
         await self._start()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self._released.get(trial, -1) >= step:
-                return True
-            if self.ledger.state().get((trial, int(step)), {}).get("status") == "failed":
-                return True
-            if not await self._wait_change(deadline):
-                return False
+        return await self.meet.wait_released(trial, step, timeout_s)
 
-    async def latest(self, trial: str) -> dict[str, Any] | None:
-        """The newest validated checkpoint of ``trial`` (highest step), or None."""
-        return self.ledger.latest(trial)
+    # ---------------------------------------------------------------- what the driver reads
 
     async def results(self, trial: str | None = None) -> list[dict[str, Any]]:
         return self.ledger.results(trial)
@@ -370,7 +263,7 @@ class ValidationPool:
             self._dispatcher.cancel()
 
     async def owed(self, trial: str) -> int:
-        """Checkpoints of ``trial`` taken in but not yet done or failed."""
+        """Checkpoints of ``trial`` taken in but not yet closed."""
         await self._start()
         return sum(1 for r in self.ledger.pending() if r["trial"] == trial)
 
@@ -380,11 +273,12 @@ class ValidationPool:
         return [(r["trial"], int(r["step"])) for r in self.ledger.pending()]
 
     async def inflight(self) -> list[tuple[str, int]]:
-        return sorted(self._inflight)
+        await self._start()
+        return sorted(self.queue.running)
 
     async def idle(self) -> bool:
         await self._start()
-        return not self._waiting and not self._inflight
+        return self.queue.idle()
 
     async def actor_handles(self) -> list:
         return list(self.actors)
@@ -433,7 +327,7 @@ def start_pool(cfg: RaydrConfig):
         get_if_exists=True,
         lifetime=None,
         scheduling_strategy=here,
-    ).remote(cfg.model_dump(mode="json"), subset, str(ledger.path))
+    ).remote(cfg, subset, str(ledger.path))
 
 
 def wait_idle(pool, timeout_s: float = 3600.0, poll_s: float = 1.0) -> bool:

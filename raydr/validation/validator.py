@@ -18,9 +18,7 @@ import numpy as np
 from raydr.config import MiningConfig, RaydrConfig
 
 if TYPE_CHECKING:
-    from raydr.mining.dynamic import Snapshot
-
-MineKind = str  # "refresh" | "nystrom"
+    from raydr.mining.dynamic import Kind, Snapshot
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,14 @@ class _MiningData:
 
 
 class Validator:
-    def __init__(self, config: dict[str, Any], subset: list[str] | None, threads: int = 1) -> None:
+    def __init__(self, cfg: RaydrConfig, subset: list[str] | None, threads: int = 1) -> None:
         import torch
 
         from raydr.data.split import load_split
         from raydr.dist import pin_cpus
 
         torch.set_num_threads(max(1, int(threads)))  # Ray actors start with one thread
-        self.cfg = RaydrConfig.model_validate(config)
+        self.cfg = cfg  # resolved at the driver: never re-validated here
         vcfg = self.cfg.validation
         pin_cpus(vcfg.cpus)
         split = load_split(self.cfg.data.path, vcfg.split).limit_queries(vcfg.max_queries)
@@ -93,9 +91,9 @@ class Validator:
         self,
         path: str,
         step: int,
-        mine: str | None = None,
+        mine: Kind | None = None,
         base: Snapshot | None = None,
-        mining: dict[str, Any] | None = None,
+        mining: MiningConfig | None = None,
         validate: bool = True,
     ) -> Iterator[Any]:
         """Validate the checkpoint, then rebuild the mining index from it, sharing the encode.
@@ -119,7 +117,7 @@ class Validator:
             kind = "nystrom"
         else:
             kind = "refresh"  # a correction needs a refresh to correct
-        mcfg = MiningConfig.model_validate(mining or {})
+        mcfg = mining or MiningConfig()
         data = self._mining_data(retriever) if kind else None
         n_docs = 0 if data is None else len(data.doc_ids)
         in_subset = (
@@ -227,10 +225,10 @@ class Validator:
         return self.last_run
 
 
-def validate_full(config: dict[str, Any], path: str, step: int, threads: int) -> dict[str, Any]:
+def validate_on_full_corpus(cfg: RaydrConfig, path: str, step: int, threads: int) -> dict[str, Any]:
     """The checkpoint validated on the whole corpus of the validation split, not the sampled
     subset: what a search names its winner on (run as a Ray task, one per checkpoint)."""
-    return Validator(config, None, threads).validate(path, step)
+    return Validator(cfg, None, threads).validate(path, step)
 
 
 def _node_id() -> str | None:

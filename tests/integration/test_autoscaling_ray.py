@@ -106,7 +106,7 @@ def test_a_run_scales_its_node_types_up_from_zero_and_back_down(
 ) -> None:
     from ray.util.state import list_actors, list_placement_groups
 
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, fake_cluster.address)
     ray.init(address=fake_cluster.address, logging_level="ERROR", log_to_driver=False)
@@ -249,7 +249,7 @@ def test_an_elastic_run_starts_on_one_node_and_grows_when_the_autoscaler_adds_on
 ) -> None:
     """4. `num_workers: [1, 2]` from zero training nodes: raydr waits for the first node only
     and starts; Train asks for two, the autoscaler adds the second, and the run grows."""
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     # A longer idle timeout: the first node must not go idle between raydr's check and the
     # trainer's start (both nodes would then come up together and there is nothing to grow).

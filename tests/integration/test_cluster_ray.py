@@ -148,7 +148,8 @@ def test_ray_job_submit_to_a_local_head(
 def test_unreachable_address_and_unknown_storage_scheme(
     tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
-    from raydr.training.trainer import check_storage, init_ray
+    from raydr.connect import init_ray
+    from raydr.training.preflight import check_storage
 
     tree = _tiny_job(
         tmp_path, tiny_dataset, tiny_model_dir, negatives, storage_path="ftp2://bucket/x"

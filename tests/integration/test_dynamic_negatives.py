@@ -102,7 +102,7 @@ def _cfg(tree: dict) -> config.RaydrConfig:
 
 
 def _published(pool, trial: str, cfg, have: int = -1):
-    settings = cfg.training.mining.model_dump(mode="json")
+    settings = cfg.training.mining
     return ray.get(pool.published.remote(trial, have, settings, cfg.model.name))
 
 
@@ -153,7 +153,7 @@ def test_refresh_and_nystrom_share_the_validation_encode_and_publish_atomically(
     assert done[10]["metrics"]["passages_encoded"] == subset
     assert done[10]["metrics"]["mining_landmarks"] == 8
     # The shared encode scores exactly what a plain validation of the checkpoint scores.
-    alone = Validator(cfg.model_dump(mode="json"), read_subset(subset_path(cfg)))
+    alone = Validator(cfg.with_absolute_paths(), read_subset(subset_path(cfg)))
     plain = alone.validate(str(ckpts[20]), 20)
     for name in cfg.eval.metrics:
         assert done[20]["metrics"][name] == pytest.approx(plain[name], abs=1e-6)
@@ -189,7 +189,7 @@ def _pool_name(cfg) -> str:
 def test_a_slow_refresh_never_slows_training_and_every_checkpoint_is_still_validated(
     slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     refresh_s = 15.0
     _delay(refresh=refresh_s)  # the initial index and the step-40 refresh
@@ -213,7 +213,7 @@ def test_training_draws_from_the_published_index_and_reports_its_staleness(
     slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:
     from raydr.training.loop import train_loop_per_worker
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     _delay()
     cfg = _cfg(_tree(tmp_path, tiny_dataset, tiny_model_dir, sampling="softmax"))
@@ -224,7 +224,7 @@ def test_training_draws_from_the_published_index_and_reports_its_staleness(
         # is certain to train on dynamic negatives.
         ctx = loop_config["ctx"]
         handle = ray.get_actor(name, namespace="raydr")
-        settings = ctx.cfg.training.mining.model_dump(mode="json")
+        settings = ctx.cfg.training.mining
         deadline = time.time() + 120
         while (
             ray.get(handle.published.remote(ctx.cfg.name, -1, settings, ctx.cfg.model.name)) is None

@@ -75,7 +75,7 @@ def test_trainers_and_fractional_gpu_validators_land_on_their_node_types(
 ) -> None:
     from ray import cloudpickle
 
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     cloudpickle.register_pickle_by_value(__import__(__name__))
     first = _add_train_node(cluster)
@@ -140,7 +140,7 @@ def _two_phase_loop(loop_config: dict) -> None:
 
 
 def _train_in_thread(cfg):
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     out: dict = {}
 

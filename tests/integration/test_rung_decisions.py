@@ -4,12 +4,11 @@ The validator is slowed to take two checkpoint intervals per checkpoint, in trai
 rather than seconds (it waits until the trial's checkpoint two intervals on exists), and
 training steps are slowed so that Tune's own latency is small beside a step. The same tiny
 search (a learning trial, then a frozen one; ASHA rungs at steps 8 and 16 of 20) runs under
-each delivery policy:
+each policy:
 
-- ``at_checkpoint`` (the old behaviour): the frozen trial's rung metric lands after its last
-  checkpoint report but one, so it runs to its end;
-- ``on_landing``: the metric reaches ASHA as the pool records it, and the trial is stopped
-  within one checkpoint interval;
+- by default the trial's courier hands the metric to ASHA as the pool records it, and the
+  trial is stopped within one checkpoint interval (a metric riding the next checkpoint report,
+  as raydr once delivered them, let it run to its end);
 - ``rung_wait=until_validated``: the trial waits at the rung and is stopped there.
 
 When the frozen trial is stopped its later checkpoints are still queued behind the slow
@@ -92,7 +91,7 @@ def slow_ray(tmp_path_factory):
 def _search(tmp_path: Path, dataset: Path, model: Path, negatives: Path, caplog, **tune) -> dict:
     from raydr.tuning.search import run_search
 
-    name = "rung-" + "-".join(str(v) for v in tune.values())
+    name = "rung-" + ("-".join(str(v) for v in tune.values()) or "default")
     tree = tiny_search_tree(name, tmp_path, dataset, model, negatives)
     del tree["ray"]  # the module's Ray, slowed
     # A learning trial first, so ASHA has its rung metrics when the frozen one runs.
@@ -153,28 +152,10 @@ def _resources_returned(timeout_s: float = 30.0) -> None:
         time.sleep(0.5)
 
 
-def test_at_checkpoint_delivery_lets_the_frozen_trial_run_to_its_end(
-    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path, caplog
-) -> None:
-    frozen = _search(
-        tmp_path, tiny_dataset, tiny_model_dir, negatives, caplog, metric_delivery="at_checkpoint"
-    )[1e-9]
-    # The run said so, once, with the figures and the remedies.
-    warnings = [r.getMessage() for r in caplog.records if "slow decisions" in r.getMessage()]
-    assert len(warnings) == 1, warnings
-    assert "more than one checkpoint interval (4 steps)" in warnings[0]
-    assert "tune.rung_wait=until_validated" in warnings[0]
-    # The failure of the issue: the rung-8 metric came with the last report, at step 20.
-    assert frozen["last_training_step"] == 20 and frozen["stopped_early"] is False
-    assert frozen["decision_lag_steps"][8] >= 8, frozen
-
-
 def test_on_landing_delivery_stops_it_within_one_interval(
     slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path, caplog
 ) -> None:
-    trials = _search(
-        tmp_path, tiny_dataset, tiny_model_dir, negatives, caplog, metric_delivery="on_landing"
-    )
+    trials = _search(tmp_path, tiny_dataset, tiny_model_dir, negatives, caplog)
     frozen = trials[1e-9]
     assert frozen["stopped_early"] is True and frozen["decided_on_step"] == 8, frozen
     # The rung-8 metric landed two intervals on (at step 16); the stop came before the next
@@ -196,7 +177,6 @@ def test_cancel_closes_the_stopped_trials_queued_checkpoints_as_cancelled(
         tiny_model_dir,
         negatives,
         caplog,
-        metric_delivery="on_landing",
         stopped_checkpoints="cancel",
     )
     frozen, work = trials[1e-9], trials["summary"]["validation"]

@@ -99,7 +99,7 @@ _RESUMABLE = {
 @pytest.fixture(scope="module")
 def reference(local_ray, tmp_path_factory, tiny_dataset, tiny_model_dir, negatives) -> dict:
     """Per-step losses of an uninterrupted run: what a same-seed or resumed run must match."""
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     tmp = tmp_path_factory.mktemp("reference")
     cfg = _cfg(tmp, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE)
@@ -112,7 +112,7 @@ def reference(local_ray, tmp_path_factory, tiny_dataset, tiny_model_dir, negativ
 
 def test_rerun_resumes_from_the_latest_checkpoint(reference: dict) -> None:
     from raydr.training import checkpoint
-    from raydr.validation.client import train
+    from raydr.launch import train
 
     # The reference run again (same storage_path and name), one epoch longer: Ray restores the
     # run and the loop continues after its last step (6), instead of starting from scratch.
@@ -180,9 +180,6 @@ class _KillAfterCommit:
     def hold(self, step: int) -> None:
         pass
 
-    def validated(self, step: int) -> dict:
-        return {}
-
 
 def test_killed_worker_resumes_from_checkpoint(
     reference: dict, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
@@ -223,7 +220,7 @@ def test_corrupted_checkpoint_is_refused_on_resume(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     from raydr.training.checkpoint import dir_name
-    from raydr.training.trainer import check_existing_checkpoints
+    from raydr.training.preflight import check_existing_checkpoints
 
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives)
     bad = tmp_path / "storage" / cfg.name / dir_name(3)

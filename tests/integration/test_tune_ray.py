@@ -136,7 +136,7 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
     conf = summary["confirmation"]
     assert summary["winner_named_on"] == "full corpus" and conf["corpus_size"] == 40, conf
     assert {c["trial"] for c in conf["trials"]} == {good["trial"], bad["trial"]}
-    whole = Validator(cfg.model_dump(mode="json"), None)
+    whole = Validator(cfg.with_absolute_paths(), None)
     for cand in conf["trials"]:
         assert cand["full"] == whole.validate(cand["checkpoint"], cand["step"])["nDCG@10"]
         by_trial = {t["trial"]: t for t in summary["trials"]}

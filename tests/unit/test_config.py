@@ -152,7 +152,7 @@ def test_loss_choice_and_the_combinations_it_refuses(tmp_path: Path) -> None:
 
 
 def test_memory_bank_sizes_that_do_not_fit_are_refused(tmp_path: Path) -> None:
-    from raydr.training.trainer import check_memory_bank
+    from raydr.training.preflight import check_memory_bank
 
     path = _write(tmp_path, "data:\n  path: d\ntraining:\n  group_size: 2\n  batch_size: 4\n")
     with pytest.raises(RaydrError, match=r"memory_bank\.size > 0 needs loss\.type 'infonce'"):

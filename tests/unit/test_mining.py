@@ -230,7 +230,7 @@ def test_more_landmarks_than_corpus_docs_is_refused_before_training(
     tmp_path, tiny_dataset, tiny_model_dir
 ) -> None:
     from raydr import config
-    from raydr.training.trainer import preflight
+    from raydr.training.preflight import preflight
 
     ok = config.build(_dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir, landmarks=40), "t")
     preflight(ok)  # 40 docs: exactly the corpus is fine, and no BM25 table is needed
@@ -261,9 +261,10 @@ def test_tune_searches_the_negative_source_and_checks_every_candidate(
 
 
 def test_the_pool_plans_refreshes_and_never_publishes_an_older_index_over_a_newer() -> None:
-    from raydr.validation.pool import _Mining
+    from raydr.config import MiningConfig
+    from raydr.mining.publisher import Publication
 
-    state = _Mining({"refresh_every": 30, "landmarks": 8})
+    state = Publication(MiningConfig(refresh_every=30, landmarks=8))
     assert [state.plan(s) for s in (10, 20, 30, 40, 70)] == [
         "nystrom",
         "nystrom",
@@ -271,7 +272,7 @@ def test_the_pool_plans_refreshes_and_never_publishes_an_older_index_over_a_newe
         "nystrom",
         "refresh",
     ]
-    assert _Mining({"refresh_every": 30, "landmarks": 0}).plan(10) is None
+    assert Publication(MiningConfig(refresh_every=30, landmarks=0)).plan(10) is None
     # Two validators: the step-40 correction finishes before the step-30 refresh it follows.
     state.publish(40, "index-40", "nystrom")
     state.publish(30, "index-30", "refresh")

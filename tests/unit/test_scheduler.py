@@ -57,22 +57,20 @@ def test_rung_checkpoints_follow_ashas_own_rungs(
     assert rung_checkpoints(cfg, total) == rungs
 
 
-def test_rung_wait_needs_asha_and_landing_delivery(tmp_path: Path) -> None:
+def test_rung_wait_needs_asha_and_metric_delivery_is_gone(tmp_path: Path) -> None:
     base = {"data": {"path": str(tmp_path)}}
     with pytest.raises(RaydrError, match=r"tune.*rung_wait=until_validated waits at ASHA's rungs"):
         config.build(
             {**base, "tune": {"rung_wait": "until_validated", "scheduler": {"type": "median"}}},
             "job.yaml",
         )
-    with pytest.raises(RaydrError, match=r"needs metric_delivery=on_landing: a paused trial"):
-        config.build(
-            {**base, "tune": {"rung_wait": "until_validated", "metric_delivery": "at_checkpoint"}},
-            "job.yaml",
-        )
+    # One path for a metric (the courier): the old delivery switch is refused by name.
+    with pytest.raises(RaydrError, match=r"job\.yaml: invalid config: tune\.metric_delivery"):
+        config.build({**base, "tune": {"metric_delivery": "at_checkpoint"}}, "job.yaml")
     with pytest.raises(RaydrError, match=r"tune\.rung_wait.*'none' or 'until_validated'"):
         config.build({**base, "tune": {"rung_wait": "always"}}, "job.yaml")
     ok = config.build({**base, "tune": {"rung_wait": "until_validated"}}, "job.yaml")
-    assert ok.tune.metric_delivery == "on_landing"
+    assert ok.tune.rung_wait == "until_validated"
 
 
 def test_decision_lag_is_steps_past_the_rung_when_its_metric_arrived() -> None:
@@ -89,7 +87,7 @@ def test_decision_lag_is_steps_past_the_rung_when_its_metric_arrived() -> None:
 
 
 def test_lag_watch_warns_once_with_the_figures(caplog) -> None:
-    from raydr.tuning.scheduler import LagWatch
+    from raydr.tuning.callbacks import LagWatch
 
     watch = LagWatch(checkpoint_every=9, rung_wait="none")
     a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")

@@ -142,10 +142,10 @@ def test_watch_waits_for_every_file_of_a_checkpoint_copied_record_first(
 
 
 def test_a_free_validator_takes_rungs_first_then_the_trial_served_longest_ago() -> None:
-    from raydr.validation.pool import _Job, pick
+    from raydr.validation.queue import Job, pick
 
-    def job(trial: str, step: int, seq: int, rung: bool = False) -> _Job:
-        return _Job(trial, step, f"/c/{trial}/{step}", rung=rung, seq=seq)
+    def job(trial: str, step: int, seq: int, rung: bool = False) -> Job:
+        return Job(trial, step, f"/c/{trial}/{step}", rung=rung, seq=seq)
 
     waiting = [job("a", 4, 1), job("a", 8, 2), job("b", 4, 3), job("c", 12, 4, rung=True)]
     assert pick(waiting, {}, "rungs_first").step == 12  # the rung, though it came last

@@ -1,0 +1,111 @@
+"""The pool's work queue: what is waiting, which validator is free, what runs, what is re-done.
+
+Plain asyncio state inside the pool actor, with no Ray and no ledger: the pool decides what a
+finished job writes; this module decides which job a free validator takes next (``pick``) and
+whether a job whose validator died is tried again (``retry``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from raydr.mining.dynamic import Kind
+
+Order = Literal["rungs_first", "fifo"]
+Key = tuple[str, int]  # (trial, step)
+
+
+@dataclass
+class Job:
+    """One unit of pool work: validate a checkpoint, rebuild a trial's mining index, or both."""
+
+    trial: str
+    step: int
+    path: str
+    validate: bool = True
+    mine: Kind | None = None  # what the checkpoint does for the trial's mining index
+    rung: bool = False  # a scheduler decides on this checkpoint's metric
+    seq: int = 0  # arrival order, set when queued
+
+    @property
+    def key(self) -> Key:
+        return (self.trial, self.step)
+
+
+def pick(waiting: list[Job], served: dict[str, int], order: Order) -> Job:
+    """The job a free validator takes. ``rungs_first``: checkpoints a scheduler is waiting on
+    first (a decision there stops or keeps a whole trial); then the trial served longest ago, so
+    one trial's burst of checkpoints cannot starve the others; within a trial, the oldest (its
+    metrics reach the scheduler in step order). ``served``: trial → when it was last served."""
+    if order == "fifo":
+        return min(waiting, key=lambda j: j.seq)
+    return min(waiting, key=lambda j: (not j.rung, served.get(j.trial, -1), j.seq))
+
+
+class WorkQueue:
+    """Waiting jobs, free validators and the jobs running on them. Must be created inside the
+    running event loop (the pool's)."""
+
+    def __init__(self, actors: list[Any], order: Order, max_retries: int) -> None:
+        self.order, self.max_retries = order, max_retries
+        self.waiting: list[Job] = []
+        self.running: set[Key] = set()
+        self._attempts: dict[Key, int] = {}  # validator deaths per checkpoint
+        self._arrived = asyncio.Event()
+        self._free: asyncio.Queue = asyncio.Queue()
+        for actor in actors:
+            self._free.put_nowait(actor)
+        self._seq = 0
+        self._served: dict[str, int] = {}  # trial → dispatch number when last served
+        self._dispatched = 0
+
+    def put(self, job: Job) -> None:
+        self._seq += 1
+        job.seq = self._seq
+        self.waiting.append(job)
+        self._arrived.set()
+
+    async def take(self) -> tuple[Any, Job]:
+        """Wait for a free validator, then for work; → (validator, the job it runs now).
+
+        The validator first, then the best job at that moment: a rung checkpoint that arrives
+        while every validator is busy still goes ahead of older work."""
+        actor = await self._free.get()
+        while not self.waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        job = pick(self.waiting, self._served, self.order)
+        self.waiting.remove(job)
+        self._dispatched += 1
+        self._served[job.trial] = self._dispatched
+        self.running.add(job.key)
+        return actor, job
+
+    def finished(self, actor: Any, job: Job) -> None:
+        """``job`` is over, whatever its outcome; ``actor`` is free again."""
+        self.running.discard(job.key)
+        self._free.put_nowait(actor)
+
+    def attempts(self, key: Key) -> int:
+        """Times the checkpoint's validator died on it so far."""
+        return self._attempts.get(key, 0)
+
+    def retry(self, job: Job) -> int | None:
+        """The validator died on ``job``: queue it again unless it has died ``max_retries``
+        times already. → the attempts so far when given up, None when queued again."""
+        attempts = self._attempts[job.key] = self.attempts(job.key) + 1
+        if attempts <= self.max_retries:
+            self.put(replace(job))
+            return None
+        return attempts
+
+    def drop(self, trial: str) -> list[Job]:
+        """Remove and return every waiting job of ``trial`` (running ones finish)."""
+        theirs = [job for job in self.waiting if job.trial == trial]
+        self.waiting = [job for job in self.waiting if job.trial != trial]
+        return theirs
+
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
