@@ -124,8 +124,8 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     import ray
 
     from raydr import config
-    from raydr.training import checkpoint
     from raydr.connect import init_ray
+    from raydr.training import checkpoint
     from raydr.validation.ledger import Ledger
     from raydr.validation.pool import start_pool, wait_idle
     from raydr.validation.report import plot_curves

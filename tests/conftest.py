@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny randomly initialised BERT saved to disk, and a tiny BEIR dataset."""
+"""Shared fixtures: a tiny randomly initialised BERT saved to disk, a tiny BEIR dataset, and
+the tiny training job (``tiny_job``) the Ray tests share."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gzip
 import json
 import random
@@ -134,21 +137,57 @@ def tiny_tree(name: str, tmp_path: Path, dataset: Path, model: Path) -> dict:
     }
 
 
-def tiny_search_tree(name: str, tmp_path: Path, dataset: Path, model: Path, negatives) -> dict:
-    """A tiny two-trial search: a learning trial (lr 3e-3), then a frozen one (1e-9), one at a
-    time, 20 steps each with a checkpoint every 4, ASHA from step 4; one validator on a
-    quarter of a logical GPU."""
-    return {
+# Each test's own Ray: two CPUs and one logical GPU (nothing here uses CUDA).
+LOCAL_RAY = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 1024**2}
+
+
+class Whole(dict):
+    """An override that replaces its key's value instead of merging into it."""
+
+
+class _Drop:
+    """An override that removes its key."""
+
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP = _Drop()
+
+
+def merged(tree: dict, over: dict) -> dict:
+    """A copy of ``tree`` with ``over`` merged in deeply: a plain dict merges into the section
+    it names, ``Whole(...)`` or any other value replaces, ``DROP`` removes the key."""
+    out = copy.deepcopy(tree)
+    for key, value in over.items():
+        if value is DROP:
+            out.pop(key, None)
+        elif isinstance(value, Whole):
+            out[key] = copy.deepcopy(dict(value))
+        elif isinstance(value, dict):
+            out[key] = merged(out.get(key) if isinstance(out.get(key), dict) else {}, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def tiny_job(
+    name: str, tmp_path: Path, dataset: Path, model: Path, negatives=None, /, **over
+) -> dict:
+    """The training job the Ray tests share, on ``tiny_tree``: 2 workers x batch 2 x group 2
+    (``negatives`` mined, if given), 2 epochs, a checkpoint every step; one validator on a
+    quarter of a logical GPU, over the full corpus. ``over`` (sections) is ``merged`` in."""
+    mined = {} if negatives is None else {"negatives": str(negatives)}
+    job = {
         **tiny_tree(name, tmp_path, dataset, model),
         "training": {
             "split": "test",
-            "negatives": str(negatives),
+            **mined,
             "group_size": 2,
-            "batch_size": 1,
-            "epochs": 4,
-            "checkpoint_every": 4,
-            "num_workers": 1,
-            "warmup_ratio": 0.0,
+            "batch_size": 2,
+            "epochs": 2,
+            "checkpoint_every": 1,
+            "num_workers": 2,
             "storage_path": str(tmp_path / "storage"),
         },
         "validation": {
@@ -157,15 +196,36 @@ def tiny_search_tree(name: str, tmp_path: Path, dataset: Path, model: Path, nega
             "num_gpus": 0.25,
             "sampling": {"strategy": "full"},
         },
-        "ray": {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 1024**2},
-        "tune": {
+    }
+    return merged(job, over)
+
+
+def tiny_search_tree(name: str, tmp_path: Path, dataset: Path, model: Path, negatives) -> dict:
+    """A tiny two-trial search: a learning trial (lr 3e-3), then a frozen one (1e-9), one at a
+    time, 20 steps each with a checkpoint every 4, ASHA from step 4; one validator on a
+    quarter of a logical GPU."""
+    return tiny_job(
+        name,
+        tmp_path,
+        dataset,
+        model,
+        negatives,
+        training={
+            "batch_size": 1,
+            "epochs": 4,
+            "checkpoint_every": 4,
+            "num_workers": 1,
+            "warmup_ratio": 0.0,
+        },
+        ray=LOCAL_RAY,
+        tune={
             "space": {"training.lr": {"grid": [3e-3, 1e-9]}},  # a learning trial, then a frozen one
             "num_samples": 1,
             "max_concurrent_trials": 1,
             "scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2},
             "storage_path": str(tmp_path / "tune"),
         },
-    }
+    )
 
 
 def write_checkpoint(root: Path, model_dir: Path, step: int, cfg) -> Path:
@@ -219,6 +279,14 @@ def record_node_and_world(loop_config: dict) -> None:
         )
     )
     train_loop_per_worker(loop_config)
+
+
+def record_to_step(loop_config: dict, step: int) -> None:
+    """``record_node_and_world``, training only up to ``step`` (a long run's first phase)."""
+    ctx = loop_config["ctx"]
+    config = copy.deepcopy(ctx.config)
+    config["training"]["max_steps"] = step
+    record_node_and_world({"ctx": dataclasses.replace(ctx, config=config)})
 
 
 def starts(tmp_path: Path) -> list[dict]:

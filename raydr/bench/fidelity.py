@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> None:
         tau = kendalltau(values, full_metric).statistic
         # A real, warm validation on this subset: what a validator actor pays per checkpoint.
         validator = Validator(
-            cfg.model_dump(mode="json"),
+            cfg,
             None if name == "full" else ids,
             threads=os.cpu_count() or 1,
         )

@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> None:
     from raydr.bench.stopping import publish
     from raydr.errors import RaydrError
     from raydr.tuning.search import run_search
-    from raydr.validation.validator import validate_full
+    from raydr.validation.validator import validate_on_full_corpus
 
     base = config.load(args.config, list(args.overrides))
     if base.tune.scheduler.type != "asha":
@@ -63,8 +63,8 @@ def main(args: argparse.Namespace) -> None:
             test = config.load(
                 args.config, [*args.overrides, f"validation.split={base.data.split}"]
             )
-            metrics = validate_full(
-                test.model_dump(mode="json"), summary["best_model"], -1, os.cpu_count() or 1
+            metrics = validate_on_full_corpus(
+                test.with_absolute_paths(), summary["best_model"], -1, os.cpu_count() or 1
             )
             row["winner_test"] = {
                 "split": base.data.split,

@@ -1,13 +1,12 @@
 """``raydr bench stopping``: does early stopping still stop trials when validation is slow?
 
 Runs the same search once per decision policy, in one session on one machine, and compares
-what each trained: ``at_checkpoint`` (a validated metric reaches the scheduler with the trial's
-next checkpoint report, the pool in arrival order: the old behaviour), ``on_landing`` (as the
+what each trained: ``on_landing_fifo`` (a validated metric reaches the scheduler as the pool
+records it, the pool in arrival order), ``on_landing`` (as the
 pool records it, rung checkpoints validated first) and ``rung_wait`` (on landing, and a trial
-pauses at each rung until the scheduler decides); and, when asked, ``on_landing_fifo`` (the pool
-in arrival order, which matters once validators are busy). For each: trial-steps run against
+pauses at each rung until the scheduler decides). For each: trial-steps run against
 the unscheduled count, each stopped trial's step at stopping, and the decision lag (steps
-trained past each rung before its decision). The baseline is the ``at_checkpoint`` run of the
+trained past each rung before its decision). The baseline is the ``on_landing_fifo`` run of the
 same session.
 """
 
@@ -19,18 +18,15 @@ from pathlib import Path
 from typing import Any
 
 _FINISH = "tune.stopped_checkpoints=finish"
-_OLD = ["tune.metric_delivery=at_checkpoint", "tune.rung_wait=none", "validation.order=fifo"]
-_LANDING = ["tune.metric_delivery=on_landing", "tune.rung_wait=none"]
+_LANDING = ["tune.rung_wait=none"]  # the courier delivers (the one path; at_checkpoint is gone)
 POLICIES = {  # name → overrides
-    "at_checkpoint": [*_OLD, _FINISH],  # the behaviour before: next report, arrival order
     "on_landing": [*_LANDING, "validation.order=rungs_first", _FINISH],
     "rung_wait": [
-        "tune.metric_delivery=on_landing",
         "tune.rung_wait=until_validated",
         "validation.order=rungs_first",
         _FINISH,
     ],
-    # Not run unless asked. The pool's order alone: it matters once validators are busy.
+    # The baseline: the pool in arrival order, no pausing at rungs.
     "on_landing_fifo": [*_LANDING, "validation.order=fifo", _FINISH],
     # A stopped trial's queued checkpoints cancelled rather than validated (validator-seconds).
     "on_landing_cancel": [
@@ -39,7 +35,8 @@ POLICIES = {  # name → overrides
         "tune.stopped_checkpoints=cancel",
     ],
 }
-DEFAULT = ("at_checkpoint", "on_landing", "rung_wait")
+BASELINE = "on_landing_fifo"
+DEFAULT = ("on_landing_fifo", "on_landing", "rung_wait")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -156,18 +153,16 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def _ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Each policy's trial-steps and wall time against ``at_checkpoint`` of the same session, and
+    """Each policy's trial-steps and wall time against ``on_landing_fifo`` of the same session, and
     the validator-seconds of cancelling against finishing."""
     by = {r["policy"]: r for r in runs}
-    base = by.get("at_checkpoint")
+    base = by.get(BASELINE)
     out: dict[str, float] = {}
     for name, row in by.items():
-        if base is None or name == "at_checkpoint":
+        if base is None or name == BASELINE:
             continue
-        out[f"trial_steps {name} / at_checkpoint"] = (
-            row["trial_steps_run"] / base["trial_steps_run"]
-        )
-        out[f"wall {name} / at_checkpoint"] = row["wall_s"] / base["wall_s"]
+        out[f"trial_steps {name} / {BASELINE}"] = row["trial_steps_run"] / base["trial_steps_run"]
+        out[f"wall {name} / {BASELINE}"] = row["wall_s"] / base["wall_s"]
     cancel, finish = by.get("on_landing_cancel"), by.get("on_landing")
     if cancel and finish and cancel.get("validation") and finish.get("validation"):
         out["validator_seconds on_landing_cancel / on_landing"] = cancel["validation"][

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import record_node_and_world, starts, tiny_tree
+from conftest import Whole, merged, record_node_and_world, record_to_step, starts, tiny_job
 
 from raydr import config
 from raydr.bench.fake_cluster import FakeAutoscalingCluster, NodeSampler, node_counts, node_type
@@ -53,31 +53,17 @@ def fake_cluster():
 
 
 def _cfg(tmp_path: Path, dataset: Path, model: Path, negatives: Path, address: str, **over):
-    tree = {
-        **tiny_tree("autoscaled", tmp_path, dataset, model),
-        "training": {
-            "split": "test",
-            "negatives": str(negatives),
-            "group_size": 2,
-            "batch_size": 2,
-            "epochs": 2,
-            "checkpoint_every": 1,
-            "num_workers": 2,
-            "resources_per_worker": {"CPU": 1, "train_node": 1},
-            "storage_path": str(tmp_path / "storage"),
-            **over.pop("training", {}),
-        },
-        "validation": {
-            "num_actors": 2,
-            "num_cpus": 0.5,
-            "num_gpus": 0.25,
-            "resources": {"val_node": 0.25},
-            "sampling": {"strategy": "full"},
-            **over.pop("validation", {}),
-        },
-        "ray": {"address": address, "infeasible_after_s": 5, **over.pop("ray", {})},
-    }
-    return config.RaydrConfig.model_validate(tree)
+    tree = tiny_job(
+        "autoscaled",
+        tmp_path,
+        dataset,
+        model,
+        negatives,
+        training={"resources_per_worker": {"CPU": 1, "train_node": 1}},
+        validation={"num_actors": 2, "num_cpus": 0.5, "resources": {"val_node": 0.25}},
+        ray={"address": address, "infeasible_after_s": 5},
+    )
+    return config.RaydrConfig.model_validate(merged(tree, over))
 
 
 def _node_kinds() -> dict[str, str]:
@@ -145,12 +131,12 @@ def test_a_run_scales_its_node_types_up_from_zero_and_back_down(
     ("over", "field"),
     [
         # The largest training node has 1 CPU (as the largest AWS type has 8 GPUs).
-        ({"training": {"resources_per_worker": {"CPU": 4, "train_node": 1}}}, "training"),
+        ({"training": {"resources_per_worker": Whole({"CPU": 4, "train_node": 1})}}, "training"),
         # The issue's example: more GPUs per worker than any node has (on a cluster, workers
         # asked for GPUs train on GPU whatever the driver's node has).
-        ({"training": {"resources_per_worker": {"GPU": 16, "train_node": 1}}}, "training"),
+        ({"training": {"resources_per_worker": Whole({"GPU": 16, "train_node": 1})}}, "training"),
         # The README's old name for the validator type: no node type offers it.
-        ({"validation": {"resources": {"validator_node": 0.25}}}, "validation"),
+        ({"validation": {"resources": Whole({"validator_node": 0.25})}}, "validation"),
     ],
     ids=["oversized-worker", "16-gpu-worker", "no-such-validator-type"],
 )
@@ -228,18 +214,12 @@ def test_a_search_grows_and_shrinks_the_training_nodes_with_its_trials(
 def _grow_loop(loop_config: dict) -> None:
     """At world size 1: two steps (checkpointed), then wait for Ray to replace the group with a
     bigger one; at 2: train on from that checkpoint to the end."""
-    import copy
-    import dataclasses
-
     import ray.train
 
     if ray.train.get_context().get_world_size() > 1:
         record_node_and_world(loop_config)
         return
-    ctx = loop_config["ctx"]
-    config = copy.deepcopy(ctx.config)
-    config["training"]["max_steps"] = 2
-    record_node_and_world({"ctx": dataclasses.replace(ctx, config=config)})
+    record_to_step(loop_config, 2)
     time.sleep(180)
     raise RuntimeError("the run did not grow within 180 s")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from conftest import tiny_tree
+from conftest import DROP, LOCAL_RAY, tiny_job
 
 pytestmark = pytest.mark.ray
 
@@ -32,25 +32,18 @@ def _raydr(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedP
     )
 
 
-def _job(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training) -> Path:
-    tree = {
-        **tiny_tree("cli-job", tmp_path, dataset, model),
-        "training": {
-            "split": "test",
-            "negatives": str(negatives),
-            "group_size": 2,
-            "batch_size": 2,
-            "epochs": 4,
-            "checkpoint_every": 2,
-            "log_every": 1,
-            "num_workers": 2,
-            "max_failures": 0,
-            "storage_path": str(tmp_path / "storage"),
-            **training,
-        },
-        "validation": {"num_actors": 1, "num_cpus": 0, "sampling": {"strategy": "full"}},
-        "ray": {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 1024**2},
-    }
+def _job(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> Path:
+    """The tiny job as a YAML file: 4 steps, checkpoints at 2 and 4, one CPU validator."""
+    tree = tiny_job(
+        "cli-job",
+        tmp_path,
+        dataset,
+        model,
+        negatives,
+        training={"epochs": 4, "checkpoint_every": 2, "log_every": 1, "max_failures": 0},
+        validation={"num_gpus": DROP},
+        ray=LOCAL_RAY,
+    )
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(tree))
     return job

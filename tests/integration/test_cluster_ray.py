@@ -14,36 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_tree
+from conftest import tiny_job
 
 from raydr import config
 from raydr.bench.fake_cluster import PORTS, answers, free_port
 from raydr.errors import RaydrError
 
 pytestmark = pytest.mark.ray
-
-
-def _tiny_job(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training) -> dict:
-    return {
-        **tiny_tree("tiny-job", tmp_path, dataset, model),
-        "training": {
-            "split": "test",
-            "negatives": str(negatives),
-            "group_size": 2,
-            "batch_size": 2,
-            "epochs": 2,
-            "checkpoint_every": 1,
-            "num_workers": 2,
-            "storage_path": str(tmp_path / "storage"),
-            **training,
-        },
-        "validation": {
-            "num_actors": 1,
-            "num_cpus": 0,
-            "num_gpus": 0.25,
-            "sampling": {"strategy": "full"},
-        },
-    }
 
 
 class _Head:
@@ -101,7 +78,8 @@ def test_ray_job_submit_to_a_local_head(
 ) -> None:
     job = tmp_path / "work" / "job.yaml"
     job.parent.mkdir()
-    job.write_text(yaml.safe_dump(_tiny_job(tmp_path, tiny_dataset, tiny_model_dir, negatives)))
+    tree = tiny_job("tiny-job", tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    job.write_text(yaml.safe_dump(tree))
     # Ray 2.60 turns token auth on by default; the head and the jobs CLI must agree.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
@@ -151,9 +129,8 @@ def test_unreachable_address_and_unknown_storage_scheme(
     from raydr.connect import init_ray
     from raydr.training.preflight import check_storage
 
-    tree = _tiny_job(
-        tmp_path, tiny_dataset, tiny_model_dir, negatives, storage_path="ftp2://bucket/x"
-    )
+    storage = {"storage_path": "ftp2://bucket/x"}
+    tree = tiny_job("tiny-job", tmp_path, tiny_dataset, tiny_model_dir, negatives, training=storage)
     with pytest.raises(
         RaydrError, match=r"training\.storage_path 'ftp2://bucket/x': unknown URI scheme 'ftp2'"
     ):

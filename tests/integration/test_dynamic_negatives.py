@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from conftest import tiny_tree, write_checkpoint
+from conftest import tiny_job, write_checkpoint
 
 from raydr import config
 
@@ -68,17 +68,19 @@ def slow_ray(tmp_path_factory):
 
 
 def _tree(tmp_path: Path, dataset: Path, model: Path, **mining) -> dict:
-    return {
-        **tiny_tree(f"dyn-{tmp_path.name}", tmp_path, dataset, model),
-        "training": {
-            "split": "test",
+    """The tiny job on dynamic negatives: 40 steps of one worker, a checkpoint every 10."""
+    return tiny_job(
+        f"dyn-{tmp_path.name}",
+        tmp_path,
+        dataset,
+        model,
+        training={
             "group_size": 3,
             "batch_size": 1,
             "epochs": 8,
             "checkpoint_every": 10,
             "num_workers": 1,
             "warmup_ratio": 0.0,
-            "storage_path": str(tmp_path / "storage"),
             "mining": {
                 "source": "dynamic",
                 "refresh_every": 20,
@@ -88,13 +90,8 @@ def _tree(tmp_path: Path, dataset: Path, model: Path, **mining) -> dict:
                 **mining,
             },
         },
-        "validation": {
-            "num_actors": 1,
-            "num_cpus": 0,
-            "num_gpus": 0.25,
-            "sampling": {"strategy": "random", "size": 10, "seed": 3},
-        },
-    }
+        validation={"sampling": {"strategy": "random", "size": 10, "seed": 3}},
+    )
 
 
 def _cfg(tree: dict) -> config.RaydrConfig:
@@ -212,8 +209,8 @@ def test_a_slow_refresh_never_slows_training_and_every_checkpoint_is_still_valid
 def test_training_draws_from_the_published_index_and_reports_its_staleness(
     slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:
-    from raydr.training.loop import train_loop_per_worker
     from raydr.launch import train
+    from raydr.training.loop import train_loop_per_worker
 
     _delay()
     cfg = _cfg(_tree(tmp_path, tiny_dataset, tiny_model_dir, sampling="softmax"))

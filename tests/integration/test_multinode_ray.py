@@ -5,24 +5,24 @@ the nodes left; an elastic run starts at its minimum and grows when a node joins
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import ray
-from conftest import record_node_and_world, starts, tiny_tree
+from conftest import Whole, record_node_and_world, record_to_step, starts, tiny_job
 
 from raydr import config
 
 pytestmark = pytest.mark.ray
 
 MiB = 1024**2
+ONE_PER_TRAIN_NODE = {"CPU": 1, "train_node": 1}  # training.resources_per_worker
 
 
 @pytest.fixture
@@ -52,21 +52,18 @@ def _add_train_node(c, **extra):
     )
 
 
-def _cfg(tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training):
-    tree = {
-        **tiny_tree("multinode", tmp_path, dataset, model),
-        "training": {
-            "split": "test",
-            "negatives": str(negatives),
-            "group_size": 2,
-            "batch_size": 2,
-            "checkpoint_every": 1,
-            "storage_path": str(tmp_path / "storage"),
-            "max_failures": 3,
-            **training,
-        },
-        "validation": {"enabled": False},
-    }
+def _cfg(tmp_path: Path, dataset: Path, model: Path, negatives: Path, validation=None, **training):
+    """The tiny job, a worker per train_node, up to 3 failures; validation off unless
+    ``validation`` says more."""
+    tree = tiny_job(
+        "multinode",
+        tmp_path,
+        dataset,
+        model,
+        negatives,
+        training={"max_failures": 3, "resources_per_worker": ONE_PER_TRAIN_NODE, **training},
+        validation=validation or Whole({"enabled": False}),
+    )
     return config.build(tree, "test")
 
 
@@ -89,22 +86,9 @@ def test_trainers_and_fractional_gpu_validators_land_on_their_node_types(
         tiny_dataset,
         tiny_model_dir,
         negatives,
+        validation={"num_actors": 2, "resources": {"validator_node": 1}},
         epochs=3,
         num_workers=2,
-        resources_per_worker={"CPU": 1, "train_node": 1},
-    )
-    cfg = config.build(
-        {
-            **cfg.model_dump(mode="json"),
-            "validation": {
-                "num_actors": 2,
-                "num_cpus": 0,
-                "num_gpus": 0.25,
-                "resources": {"validator_node": 1},
-                "sampling": {"strategy": "full"},
-            },
-        },
-        "test",
     )
     with caplog.at_level(logging.WARNING, logger="raydr.training.trainer"):
         result, rows = train(cfg, loop=record_node_and_world)
@@ -129,10 +113,7 @@ def _two_phase_loop(loop_config: dict) -> None:
     if marker.exists():
         record_node_and_world(loop_config)
         return
-    ctx = loop_config["ctx"]
-    config = copy.deepcopy(ctx.config)
-    config["training"]["max_steps"] = 2
-    record_node_and_world({"ctx": dataclasses.replace(ctx, config=config)})
+    record_to_step(loop_config, 2)
     if ray.train.get_context().get_world_rank() == 0:
         marker.write_text("")
     time.sleep(240)
@@ -155,12 +136,22 @@ def _train_in_thread(cfg):
     return thread, out
 
 
-def _wait_for(path: Path, thread: threading.Thread, out: dict, timeout: float = 240) -> None:
+def _wait_until(ready: Callable[[], bool], timeout: float, failure: str) -> None:
+    """Poll ``ready`` every 0.5 s; fail with ``failure`` once ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert thread.is_alive(), f"training ended before {path.name}: {out}"
-        assert time.monotonic() < deadline, f"no {path.name} within {timeout} s"
+    while not ready():
+        assert time.monotonic() < deadline, failure
         time.sleep(0.5)
+
+
+def _wait_for(path: Path, thread: threading.Thread, out: dict, timeout: float = 240) -> None:
+    def ready() -> bool:
+        if path.exists():
+            return True
+        assert thread.is_alive(), f"training ended before {path.name}: {out}"
+        return False
+
+    _wait_until(ready, timeout, f"no {path.name} within {timeout} s")
 
 
 def _wait_committed(tmp_path: Path, step: int, timeout: float = 60) -> None:
@@ -169,22 +160,24 @@ def _wait_committed(tmp_path: Path, step: int, timeout: float = 60) -> None:
     from raydr.training.checkpoint import dir_name
 
     snapshot = tmp_path / "storage" / "multinode" / "checkpoint_manager_snapshot.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if snapshot.exists():
-            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
-            if latest.get("checkpoint_dir_name") == dir_name(step):
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"Ray did not commit the step-{step} checkpoint within {timeout} s")
+
+    def committed() -> bool:
+        if not snapshot.exists():
+            return False
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        return latest.get("checkpoint_dir_name") == dir_name(step)
+
+    failure = f"Ray did not commit the step-{step} checkpoint within {timeout} s"
+    _wait_until(committed, timeout, failure)
 
 
 def _add_single_train_node(c):
     return c.add_node(num_cpus=1, resources={"train_node": 1}, object_store_memory=80 * MiB)
 
 
-def _run_to_phase_two(cluster, tmp_path, dataset, model, negatives, num_workers, **training):
-    """Start the two-phase run in a thread; return once its step-2 checkpoint is committed."""
+def _run_to_phase_two(cluster, tmp_path, dataset, model, negatives, **training):
+    """Start the two-phase run, elastic from 1 to 2 workers, in a thread; return once its
+    step-2 checkpoint is committed."""
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     cfg = _cfg(
@@ -194,8 +187,8 @@ def _run_to_phase_two(cluster, tmp_path, dataset, model, negatives, num_workers,
         negatives,
         epochs=50,
         max_steps=4,
-        num_workers=num_workers,
-        resources_per_worker={"CPU": 1, "train_node": 1},
+        num_workers=(1, 2),
+        resize_interval_s=1.0,
         **training,
     )
     thread, out = _train_in_thread(cfg)
@@ -216,15 +209,7 @@ def test_elastic_training_starts_at_min_and_grows_when_a_node_joins(
     cluster, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
     _add_single_train_node(cluster)
-    thread, out = _run_to_phase_two(
-        cluster,
-        tmp_path,
-        tiny_dataset,
-        tiny_model_dir,
-        negatives,
-        num_workers=(1, 2),
-        resize_interval_s=1.0,
-    )
+    thread, out = _run_to_phase_two(cluster, tmp_path, tiny_dataset, tiny_model_dir, negatives)
     assert [s["world"] for s in starts(tmp_path)] == [1]  # only one node can hold a worker
     joined = _add_single_train_node(cluster)  # like the autoscaler bringing a node up
 
@@ -242,14 +227,7 @@ def test_losing_a_node_resumes_on_the_nodes_left_with_as_many_negatives(
     # the bank adds the 4 passages the missing worker would have brought.
     bank = {"size": 8, "warmup_steps": 0, "hold_negatives": True}
     thread, out = _run_to_phase_two(
-        cluster,
-        tmp_path,
-        tiny_dataset,
-        tiny_model_dir,
-        negatives,
-        num_workers=(1, 2),
-        resize_interval_s=1.0,
-        memory_bank=bank,
+        cluster, tmp_path, tiny_dataset, tiny_model_dir, negatives, memory_bank=bank
     )
     first = starts(tmp_path)
     assert [s["world"] for s in first] == [2, 2]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+from conftest import DROP, Whole, tiny_job
 
 from raydr import config
 from raydr.errors import RaydrError
@@ -26,24 +27,20 @@ def local_ray():
 def _cfg(
     tmp_path: Path, dataset: Path, model: Path, negatives: Path, **training
 ) -> config.RaydrConfig:
-    tree = {
-        "name": "tiny-train",
-        "model": {"name": str(model), "query_max_length": 16, "passage_max_length": 32},
-        "data": {"path": str(dataset), "split": "test"},
-        "training": {
-            "split": "test",
-            "negatives": str(negatives),
-            "group_size": 2,
-            "batch_size": 2,
-            "epochs": 3,
-            "checkpoint_every": 1,
-            "num_workers": 2,
-            "storage_path": str(tmp_path / "storage"),
-            "lr": 1e-3,
-            **training,
-        },
-        "validation": {"enabled": False},
-    }
+    """The tiny job for 3 epochs at lr 1e-3, without validation; raydr's default model dtype,
+    output folder and evaluation."""
+    tree = tiny_job(
+        "tiny-train",
+        tmp_path,
+        dataset,
+        model,
+        negatives,
+        output_dir=DROP,
+        eval=DROP,
+        model={"dtype": DROP},
+        training={"epochs": 3, "lr": 1e-3, **training},
+        validation=Whole({"enabled": False}),
+    )
     return config.build(tree, "test")
 
 
@@ -111,8 +108,8 @@ def reference(local_ray, tmp_path_factory, tiny_dataset, tiny_model_dir, negativ
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(reference: dict) -> None:
-    from raydr.training import checkpoint
     from raydr.launch import train
+    from raydr.training import checkpoint
 
     # The reference run again (same storage_path and name), one epoch longer: Ray restores the
     # run and the loop continues after its last step (6), instead of starting from scratch.

@@ -77,12 +77,13 @@ def test_two_checkpoints_validated_concurrently_and_match_evaluate(
     ray.kill(pool)
 
 
-def _one_validator(tmp_path: Path, dataset: Path, model: Path):
-    """A pool of one validator, and a checkpoint to submit. → (config, checkpoint, pool)."""
+def _one_validator(tmp_path: Path, dataset: Path, model: Path, step: int = 1, **validation):
+    """A pool of one validator, and the checkpoint of ``step`` to submit.
+    → (config, checkpoint, pool)."""
     from raydr.validation.pool import start_pool
 
-    cfg = _cfg(tmp_path, dataset, model, num_actors=1)
-    ckpt = str(write_checkpoint(tmp_path / "ckpts", model, 1, cfg))
+    cfg = _cfg(tmp_path, dataset, model, num_actors=1, **validation)
+    ckpt = str(write_checkpoint(tmp_path / "ckpts", model, step, cfg))
     return cfg, ckpt, start_pool(cfg)
 
 
@@ -171,11 +172,9 @@ def test_actor_killed_mid_validation_is_redone_exactly_once(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:
     from raydr.validation.ledger import Ledger
-    from raydr.validation.pool import start_pool
 
-    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1, sampling={"strategy": "full"})
-    ckpt = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 5, cfg)
-    pool = start_pool(cfg)
+    full = {"strategy": "full"}
+    cfg, ckpt, pool = _one_validator(tmp_path, tiny_dataset, tiny_model_dir, 5, sampling=full)
     (actor,) = ray.get(pool.actor_handles.remote())
     ray.get(actor.warm.remote())
     ray.get(pool.submit.remote("t", 5, str(ckpt)))
@@ -195,11 +194,9 @@ def test_actor_killed_mid_validation_is_redone_exactly_once(
 def test_a_wait_that_times_out_names_the_checkpoints_still_owed(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:
-    from raydr.validation.pool import start_pool, wait_idle
+    from raydr.validation.pool import wait_idle
 
-    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1)
-    ckpt = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 7, cfg)
-    pool = start_pool(cfg)
+    _, ckpt, pool = _one_validator(tmp_path, tiny_dataset, tiny_model_dir, 7)
     ray.get(pool.submit.remote("t", 7, str(ckpt)))
     with pytest.raises(RaydrError, match=r"did not finish within 0\.01 s; still owed: t step 7"):
         wait_idle(pool, timeout_s=0.01, poll_s=0.005)
