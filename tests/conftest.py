@@ -113,7 +113,7 @@ def tiny_dataset(tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def negatives(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """BM25 hard negatives for the tiny dataset's test split (5 per query)."""
     from raydr.config import BM25Config
-    from raydr.mining.bm25 import mine_bm25_negatives
+    from raydr.mining.bm25_negatives import mine_bm25_negatives
 
     out = tmp_path_factory.mktemp("negatives") / "negatives.parquet"
     counts = mine_bm25_negatives(tiny_dataset, "test", out, depth=5, cfg=BM25Config())
@@ -284,9 +284,9 @@ def record_node_and_world(loop_config: dict) -> None:
 def record_to_step(loop_config: dict, step: int) -> None:
     """``record_node_and_world``, training only up to ``step`` (a long run's first phase)."""
     ctx = loop_config["ctx"]
-    config = copy.deepcopy(ctx.config)
-    config["training"]["max_steps"] = step
-    record_node_and_world({"ctx": dataclasses.replace(ctx, config=config)})
+    training = ctx.cfg.training.model_copy(update={"max_steps": step})
+    cfg = ctx.cfg.model_copy(update={"training": training})
+    record_node_and_world({"ctx": dataclasses.replace(ctx, cfg=cfg)})
 
 
 def starts(tmp_path: Path) -> list[dict]:

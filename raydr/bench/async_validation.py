@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raydr.bench.measure import time_training
+from raydr.verb import Verb
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="training job YAML")
@@ -57,7 +60,7 @@ def main(args: argparse.Namespace) -> None:
                 *extra,
             ],
         )
-        rows.append(measure(name, cfg))
+        rows.append(time_training(name, cfg))
         print(rows[-1], flush=True)
     ray.shutdown()
     by = {r["variant"]: r for r in rows}
@@ -74,36 +77,6 @@ def main(args: argparse.Namespace) -> None:
     for k, v in payload["ratios"].items():
         print(f"{k}: {v:.2f}")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
-
-
-def measure(name: str, cfg) -> dict[str, Any]:
-    """Train ``cfg`` (validated as it says) and time it: the training loop, steps/s, and from
-    the first step until the last checkpoint's metric is in the ledger."""
-    from raydr.launch import train
-
-    t0 = time.perf_counter()
-    result, validated = train(cfg)  # returns once validation is complete too
-    total = time.perf_counter() - t0
-    if result.error:
-        raise RuntimeError(f"{name}: {result.error}")
-    m = result.metrics
-    # From the first step until the last checkpoint's metrics are in the ledger: what a
-    # user waits for. Ray's start-up and teardown (about 15 s each run) are left out.
-    loop_start = m["reported_at"] - m["elapsed_s"]
-    done_at = max([m["reported_at"], *(r["time"] for r in validated or [])])
-    return {
-        "variant": name,
-        "wall_s_until_all_validated": total,
-        "train_until_validated_s": done_at - loop_start,
-        "training_loop_s": m["elapsed_s"],
-        "steps_per_s": m["step"] / m["elapsed_s"],
-        "validations": len(validated or []),
-        "mean_validation_s": (
-            sum(r["metrics"]["validation_s"] for r in validated) / len(validated)
-            if validated
-            else None
-        ),
-    }
 
 
 def ratios(by: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -153,3 +126,8 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     )
     ax.legend(loc="upper left", fontsize=8)
     save_figure(fig, path)
+
+
+VERBS = (
+    Verb("async", "training wall time: inline validation vs the actor pool", add_arguments, main),
+)

@@ -1,7 +1,7 @@
 """``raydr bench autoscale``: a search on a cluster that Ray's own autoscaler grows and shrinks.
 
 Starts a fake autoscaling cluster shaped like ``cluster/aws.yaml`` (a CPU head; a training node
-type and a validator node type, both ``min_workers: 0``; see ``raydr.bench.fake_cluster``) and
+type and a validator node type, both ``min_workers: 0``; see ``raydr.testing.fake_cluster``) and
 runs the config's search on it, every trial one worker on its own training node, validators
 sharing one validator node. Every ``--every`` seconds it samples the nodes per type and the
 live Train workers. Reported: the time to the first and the peak node of each type, how long
@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from raydr.verb import Verb
 
 TRAIN, VAL = "train_gpu", "val_gpu"
 
@@ -42,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def node_types(train_nodes: int) -> dict[str, dict[str, Any]]:
     """aws.yaml in small: up to ``train_nodes`` 1-CPU training nodes (one per running trial);
     one validator node whose (logical) GPU two 0.25-GPU validators share."""
-    from raydr.bench.fake_cluster import node_type
+    from raydr.testing.fake_cluster import node_type
 
     return {
         TRAIN: node_type({"CPU": 1, "train_node": 1}, max_workers=train_nodes),
@@ -108,8 +110,8 @@ def main(args: argparse.Namespace) -> None:
 
     from raydr import config
     from raydr.bench.common import machine, write_json
-    from raydr.bench.fake_cluster import FakeAutoscalingCluster, node_counts
     from raydr.errors import RaydrError
+    from raydr.testing.fake_cluster import FakeAutoscalingCluster, node_counts
     from raydr.tuning.search import run_search
 
     if args.train_nodes < 1:
@@ -254,3 +256,13 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     ax.legend(loc="best", framealpha=0.9)
     fig.tight_layout()
     atomic.save_figure(fig, path)
+
+
+VERBS = (
+    Verb(
+        "autoscale",
+        "a search on a fake cluster run by Ray's autoscaler: nodes over time",
+        add_arguments,
+        main,
+    ),
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,17 @@ def machine() -> dict[str, Any]:
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     atomic.write_json(path, payload)
+
+
+def publish(
+    payload: dict[str, Any],
+    out: Path,
+    figures: dict[str, Any],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """Write the JSON and ``plot``'s PNG beside it; print the headline ``figures``."""
+    write_json(out, payload)
+    plot(payload, out.with_suffix(".png"))
+    for key, value in figures.items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from raydr.verb import Verb
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="job YAML (model, data, validation.split)")
@@ -167,3 +169,13 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     ax.set_ylabel(f"Kendall τ of checkpoint ranking by {payload['metric']} vs full")
     ax.set_title(f"Validation fidelity, {len(payload['checkpoint_steps'])} checkpoints")
     save_figure(fig, path)
+
+
+VERBS = (
+    Verb(
+        "validation-fidelity",
+        "subset strategies: Kendall tau and speed vs full",
+        add_arguments,
+        main,
+    ),
+)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raydr.verb import Verb
+
 NO_GPU = "no GPU was lent: CPU mode (the same code paths; the figures are CPU figures)"
 
 
@@ -60,31 +62,27 @@ def main(args: argparse.Namespace) -> None:
     import torch
 
     from raydr import config
-    from raydr.bench import encode
-    from raydr.bench.async_validation import measure
     from raydr.bench.common import machine, write_json
+    from raydr.bench.measure import encoding, time_training
 
     cuda = torch.cuda.is_available()
     base = config.load(args.config, list(args.overrides))
     t0 = time.perf_counter()
-    enc = encode.run(
-        argparse.Namespace(
-            data=base.data.path,
-            model=base.model.name,
-            n=args.passages,
-            max_lengths=[base.model.passage_max_length],
-            modes=["fp32", "bf16"],
-            batch_size=base.validation.batch_size,
-            threads=0,
-            seed=base.seed,
-        )
+    enc = encoding(
+        data=base.data.path,
+        model=base.model.name,
+        n=args.passages,
+        max_lengths=[base.model.passage_max_length],
+        modes=["fp32", "bf16"],
+        batch_size=base.validation.batch_size,
+        seed=base.seed,
     )
     encode_s = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
     stamp = int(time.time())
     for name, extra in variants(args, cuda).items():
         cfg = config.load(args.config, [*args.overrides, f"name=bench-gpu-{name}-{stamp}", *extra])
-        rows.append({**measure(name, cfg), "overrides": extra})
+        rows.append({**time_training(name, cfg), "overrides": extra})
         print(rows[-1], flush=True)
         ray.shutdown()  # each variant on a fresh Ray of the configured shape
     payload = {
@@ -132,3 +130,13 @@ def _ratios(by: dict[str, dict[str, Any]]) -> dict[str, float]:
         "time_to_last_metric inline / pool": by["inline"]["train_until_validated_s"]
         / by["pool"]["train_until_validated_s"],
     }
+
+
+VERBS = (
+    Verb(
+        "gpu",
+        "bf16 encode vs matmul; training beside fractional-GPU validators",
+        add_arguments,
+        main,
+    ),
+)

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raydr.verb import Verb
+
 # name → overrides. "{bank}" is replaced by --bank-steps steps' worth of the arm's passages.
 ARMS: dict[str, list[str]] = {
     "in-batch": ["training.cross_batch=false", "training.group_size=1"],
@@ -235,3 +237,13 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     ax.set_title(f"losses and negatives, same budget ({m.get('cpu')}, {m.get('cores')} cores)")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+VERBS = (
+    Verb(
+        "losses",
+        "training recipes (negatives, losses) at one budget, selected on dev",
+        add_arguments,
+        main,
+    ),
+)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from raydr.verb import Verb
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="the training job YAML (model, data, training)")
@@ -360,3 +362,13 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"dynamic negatives ({m.get('cpu')}, {m.get('cores')} cores)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+VERBS = (
+    Verb(
+        "mining",
+        "dynamic negatives: freshness vs the current model, Nyström fidelity, cost",
+        add_arguments,
+        main,
+    ),
+)

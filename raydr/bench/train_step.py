@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from raydr.verb import Verb
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="training job YAML (e.g. jobs/scifact-train.yaml)")
@@ -78,3 +80,6 @@ def main(args: argparse.Namespace) -> None:
 def _world(cfg) -> int:
     n = cfg.training.num_workers
     return n[0] if isinstance(n, tuple) else n
+
+
+VERBS = (Verb("train-step", "step time: cross-batch gather vs in-batch only", add_arguments, main),)

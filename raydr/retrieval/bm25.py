@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +15,9 @@ class BM25:
 
     def __init__(self, texts: Sequence[str], cfg: BM25Config, progress: bool = False) -> None:
         import bm25s
+
+        # bm25s sets its own logger to DEBUG when imported, past any level set beforehand.
+        logging.getLogger("bm25s").setLevel(max(logging.WARNING, logging.getLogger().level))
 
         self.cfg = cfg
         self._progress = progress

@@ -64,8 +64,9 @@ class Courier(threading.Thread):
             try:
                 self._deliver(ray.get(self.pool.landed.remote(self.trial, self.closed, 2.0)))
             except ray.exceptions.RayError as exc:
-                # The pool or the session's queue is unreachable: the trial's own checkpoint
-                # reports still carry metrics, only later; try again.
+                # The pool or the session's queue is unreachable for now (a restarting actor, a
+                # busy head): nothing is lost, the ledger keeps the rows; poll again from the
+                # last closed step.
                 log.warning("courier: cannot deliver validated metrics (%s); retrying", exc)
                 self._halt.wait(5.0)
 

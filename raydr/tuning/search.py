@@ -174,7 +174,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         steps,
         progress=progress,
         rungs=rungs,
-        validate_full=lambda pairs: confirm_on_full_corpus(cfg, pairs),
+        score_on_full_corpus=lambda pairs: confirm_on_full_corpus(cfg, pairs),
     )
 
 

@@ -19,11 +19,11 @@ def summarize(
     total_steps: int,
     progress: dict[str, int] | None = None,
     rungs: tuple[int, ...] = (),
-    validate_full: Validate | None = None,
+    score_on_full_corpus: Validate | None = None,
 ) -> dict[str, Any]:
     """``progress``: each trial's newest finished training step (the pool's heartbeats; a
     stopped trial ran past its last report); ``rungs``: ASHA's rung checkpoints, whose decision
-    lags the summary gives; ``validate_full``: validates checkpoints on the full corpus, to
+    lags the summary gives; ``score_on_full_corpus``: validates checkpoints on the full corpus, to
     confirm the top ``tune.confirm_top_k`` trials (None: the winner is named on the subset)."""
     from raydr import atomic
     from raydr.validation.ledger import VALIDATED_STEP, Ledger
@@ -71,8 +71,8 @@ def summarize(
     )
     best_trial = scored[0] if scored else None
     confirmation = None
-    if validate_full is not None and cfg.tune.confirm_top_k and scored:
-        confirmation = _confirm(scored[: cfg.tune.confirm_top_k], metric, cfg, validate_full)
+    if score_on_full_corpus is not None and cfg.tune.confirm_top_k and scored:
+        confirmation = _confirm(scored[: cfg.tune.confirm_top_k], metric, cfg, score_on_full_corpus)
         if "winner" in confirmation:
             full = {c["trial"]: c["full"] for c in confirmation["trials"]}
             for t in trials:

@@ -16,8 +16,8 @@ import ray
 from conftest import Whole, merged, record_node_and_world, record_to_step, starts, tiny_job
 
 from raydr import config
-from raydr.bench.fake_cluster import FakeAutoscalingCluster, NodeSampler, node_counts, node_type
 from raydr.errors import RaydrError
+from raydr.testing.fake_cluster import FakeAutoscalingCluster, NodeSampler, node_counts, node_type
 
 pytestmark = [pytest.mark.ray, pytest.mark.autoscaler]
 

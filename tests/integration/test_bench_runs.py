@@ -60,7 +60,9 @@ def test_bench_gpu_runs_in_cpu_mode_and_says_no_gpu_was_lent(
     payload = json.loads(out.read_text())
     assert payload["gpu_lent"] is False and payload["note"] == NO_GPU
     enc = payload["encode"]
-    assert enc["device"] == "cpu" and 0 < enc["bf16_fraction_of_bf16_matmul"] < 1
+    # A fraction, not a bound: on a CPU without native bf16 the matmul "peak" is emulated and
+    # slower than encoding, so the ratio may exceed 1 there.
+    assert enc["device"] == "cpu" and 0 < enc["bf16_fraction_of_bf16_matmul"] < float("inf")
     assert enc["bf16_min_cosine_vs_fp32"] > 0.9
     runs = {r["variant"]: r for r in payload["training"]}
     # Every checkpoint (steps 2 and 4) validated inline and by the pool; none alone.

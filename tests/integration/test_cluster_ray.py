@@ -17,8 +17,8 @@ import yaml
 from conftest import tiny_job
 
 from raydr import config
-from raydr.bench.fake_cluster import PORTS, answers, free_port
 from raydr.errors import RaydrError
+from raydr.testing.fake_cluster import PORTS, answers, free_port
 
 pytestmark = pytest.mark.ray
 

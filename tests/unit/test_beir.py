@@ -315,7 +315,7 @@ def test_dev_split_is_carved_from_train_seeded_and_recorded(
 ) -> None:
     from raydr.config import BM25Config
     from raydr.data.groups import build_rows
-    from raydr.mining.bm25 import mine_bm25_negatives
+    from raydr.mining.bm25_negatives import mine_bm25_negatives
 
     out = tmp_path / "a"
     report = import_beir(tiny_beir, out, dev_from="test", dev_queries=2, dev_seed=1)

@@ -148,3 +148,30 @@ def test_mine_negatives_writes_unjudged_bm25_neighbours(
         assert len(negatives) == 3 and not set(negatives) & set(qrels[qid])
         # Topics share no words, so BM25's nearest unjudged docs are the query's own topic.
         assert all(doc.startswith(topics[qid]) for doc in negatives), (qid, negatives)
+
+
+def test_every_command_and_benchmark_module_declares_its_verbs(capsys) -> None:
+    """The CLI has no hand-written registry: a module under raydr/commands or raydr/bench that
+    runs something but declares no ``VERBS`` would silently vanish from ``raydr --help``."""
+    import importlib
+    import pkgutil
+
+    import raydr.bench
+    import raydr.commands
+    from raydr.cli import declared
+
+    support = {"raydr.bench.common", "raydr.bench.measure"}
+    for package in (raydr.commands, raydr.bench):
+        for info in pkgutil.iter_modules(package.__path__):
+            name = f"{package.__name__}.{info.name}"
+            if name not in support:
+                assert importlib.import_module(name).VERBS, name
+    benches = {verb.name for verb in declared(raydr.bench)}
+    assert {"encode", "search", "stopping", "autoscale", "gpu", "validation-fidelity"} <= benches
+    commands = [verb.name for verb in declared(raydr.commands)]
+    assert commands[:3] == ["import-beir", "build-debian", "mine-negatives"]  # workflow order
+    assert {"train", "tune", "validate", "evaluate", "bm25", "best"} <= set(commands)
+    # And each is reachable: `raydr bench encode --help` parses through the discovered verb.
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "encode", "--help"])
+    assert done.value.code == 0 and "--max-lengths" in capsys.readouterr().out

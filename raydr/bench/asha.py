@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raydr.bench.stopping import run_row
+from raydr.bench.common import publish
+from raydr.bench.measure import plot_trial_steps, search_row, steps_line
+from raydr.verb import Verb
 
 RUNS = {  # name → overrides
     "asha": [],  # the search as configured
@@ -35,7 +37,6 @@ def main(args: argparse.Namespace) -> None:
 
     from raydr import config
     from raydr.bench.common import machine
-    from raydr.bench.stopping import publish
     from raydr.errors import RaydrError
     from raydr.tuning.search import run_search
     from raydr.validation.validator import validate_on_full_corpus
@@ -84,13 +85,13 @@ def main(args: argparse.Namespace) -> None:
         "runs": runs,
         "comparison": _compare(runs, base.tune.metric or base.eval.primary_metric),
     }
-    publish(payload, args.out, payload["comparison"])
+    publish(payload, args.out, payload["comparison"], plot_trial_steps)
 
 
 def _row(name: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
     best = summary["best_trial"] or {}
     return {
-        **run_row(name, summary, wall_s),
+        **search_row(name, summary, wall_s),
         "winner": best.get("config"),
         "winner_subset_metric": best.get("best_metric"),
         "winner_full_metric": best.get("full_corpus_metric"),
@@ -102,10 +103,8 @@ def _row(name: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
 def _line(row: dict[str, Any]) -> str:
     test = row.get("winner_test") or {}
     full = row["winner_full_metric"]
-    failed = f"; {row['failed_trials']} trials FAILED" if row.get("failed_trials") else ""
     return (
-        f"{row['policy']}{failed}: {row['trial_steps_run']} of {row['trial_steps_without_scheduler']} "
-        f"trial-steps ({row['saved']:.0%} saved) in {row['wall_s']:.0f} s; winner "
+        f"{steps_line(row)}; winner "
         f"{row['winner']} (dev full {'-' if full is None else f'{full:.4f}'}, test "
         f"{', '.join(f'{k} {v:.4f}' for k, v in test.items() if isinstance(v, float))})"
     )
@@ -135,3 +134,13 @@ def _compare(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         1e-9, free["validation"]["validator_seconds"]
     )
     return out
+
+
+VERBS = (
+    Verb(
+        "search",
+        "an ASHA search against the same search unscheduled: steps saved, winners",
+        add_arguments,
+        main,
+    ),
+)

@@ -1,0 +1,132 @@
+"""``raydr import-beir``, ``build-debian``, ``mine-negatives``: datasets in, negatives out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from raydr.commands import job_arguments
+from raydr.errors import RaydrError
+from raydr.verb import Verb
+
+
+def import_beir(args: argparse.Namespace) -> None:
+    from raydr.data.beir import import_beir
+    from raydr.data.fetch import KNOWN, fetch_beir
+
+    if args.dev_queries < 1:
+        raise RaydrError(f"--dev-queries {args.dev_queries}: expected a positive count")
+    src = Path(args.src)
+    if not src.exists() and (args.src in KNOWN or args.md5):
+        # A BEIR dataset name, not a folder: download it (cached, md5 checked) first.
+        src = fetch_beir(args.src, md5=args.md5, progress=not args.quiet)
+    elif not src.exists() and "/" not in args.src:
+        raise RaydrError(
+            f"{args.src}: no such folder, and not a BEIR dataset name raydr knows "
+            f"({', '.join(sorted(KNOWN))}); for another BEIR name pass --md5 of its zip"
+        )
+    report = import_beir(
+        src,
+        args.out,
+        overwrite=args.overwrite,
+        strict=args.strict,
+        dev_from=args.dev_from,
+        dev_queries=args.dev_queries,
+        dev_seed=args.dev_seed,
+    )
+    print(json.dumps(report, indent=2))
+
+
+def build_debian(args: argparse.Namespace) -> None:
+    from raydr.data.debian import build_debian_collection, default_sources
+
+    report = build_debian_collection(
+        args.source or default_sources(),
+        args.out,
+        num_queries=args.queries,
+        num_docs=args.docs,
+        seed=args.seed,
+        min_words=args.min_words,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(report, indent=2))
+
+
+def mine_negatives(args: argparse.Namespace) -> None:
+    from raydr import config
+    from raydr.mining.bm25_negatives import mine_bm25_negatives
+
+    cfg = config.load(args.config, args.overrides)
+    if cfg.training.negatives is None:
+        raise RaydrError(f"{args.config}: training.negatives: set the output path to write")
+    counts = mine_bm25_negatives(
+        cfg.data.path, cfg.training.split, cfg.training.negatives, args.depth, cfg.bm25
+    )
+    print(json.dumps({"out": str(cfg.training.negatives), **counts}))
+
+
+def _import_beir_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "src",
+        help="BEIR folder (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/), or a BEIR dataset "
+        "name (e.g. scifact) to download from BEIR's site into $RAYDR_CACHE (~/.cache/raydr)",
+    )
+    p.add_argument("out", type=Path, help="output folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--strict", action="store_true", help="qrels with unknown ids are errors")
+    p.add_argument(
+        "--dev-from",
+        metavar="SPLIT",
+        help="carve a 'dev' split for model selection out of SPLIT's queries (e.g. train)",
+    )
+    p.add_argument("--dev-queries", type=int, default=100, help="queries carved into dev")
+    p.add_argument("--dev-seed", type=int, default=0, help="seed of the carving")
+    p.add_argument("--md5", help="checksum of SRC's zip, for a BEIR name raydr does not list")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _build_debian_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="output BEIR folder (written atomically)")
+    p.add_argument(
+        "--source",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a Debian control file (Translation-en, dpkg status; plain, gz, xz or lz4); "
+        "repeat for more. Default: /var/lib/apt/lists/*Translation-en*",
+    )
+    p.add_argument("--queries", type=int, default=500, help="queries, drawn among the docs")
+    p.add_argument("--docs", type=int, default=5000, help="documents in the corpus")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    p.add_argument(
+        "--min-words", type=int, default=30, help="drop long descriptions shorter than this"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _mine_arguments(p: argparse.ArgumentParser) -> None:
+    job_arguments(p)
+    p.add_argument("--depth", type=int, default=30, help="negatives kept per query")
+
+
+VERBS = (
+    Verb(
+        "import-beir",
+        "BEIR jsonl/tsv folder (or a BEIR dataset name) → Parquet tables",
+        _import_beir_arguments,
+        import_beir,
+    ),
+    Verb(
+        "build-debian",
+        "an offline BEIR folder from Debian package descriptions (synopsis → description)",
+        _build_debian_arguments,
+        build_debian,
+    ),
+    Verb(
+        "mine-negatives",
+        "BM25 hard negatives for training.split → training.negatives",
+        _mine_arguments,
+        mine_negatives,
+    ),
+)
