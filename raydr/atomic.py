@@ -95,6 +95,35 @@ def atomic_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         raise
 
 
+_REMOVED = ".removed-"  # the mark of a directory being deleted (see remove_dir)
+
+
+def remove_dir(path: str | os.PathLike[str]) -> bool:
+    """Delete a directory so that no reader ever sees half of it: one rename takes it out of
+    sight (atomic), then it is deleted under its hidden name. A crash in between leaves only a
+    hidden ``.<name>.removed-*`` sibling, which ``sweep_removed`` clears. → False if absent."""
+    path = Path(path)
+    hidden = path.with_name(f".{path.name}{_REMOVED}{os.getpid()}")
+    try:
+        os.replace(path, hidden)
+    except FileNotFoundError:
+        return False
+    _fsync_dir(path.parent)
+    shutil.rmtree(hidden, ignore_errors=True)
+    return True
+
+
+def sweep_removed(parent: str | os.PathLike[str]) -> int:
+    """Finish the deletions a crash interrupted under ``parent``. → directories cleared."""
+    cleared = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in Path(parent).iterdir():
+            if entry.name.startswith(".") and _REMOVED in entry.name and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+                cleared += 1
+    return cleared
+
+
 def save_figure(fig, final: str | os.PathLike[str]) -> Path:
     """Save a matplotlib figure as PNG, atomically."""
     with atomic_path(final) as tmp:

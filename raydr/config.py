@@ -199,6 +199,29 @@ class MiningConfig(Section):
     )
 
 
+class KeepConfig(Section):
+    """Which of a run's checkpoints stay on disk. The validation ledger decides (see
+    ``validation/retention.py``): the ``best`` validated ones by the primary metric, the
+    ``newest`` (the resume point, the only ones with optimizer state), and any still owed a
+    validation; the rest go once their closing row is written. A trial stopped by the scheduler
+    keeps only its best. Without validation, the ``newest`` are kept (by age)."""
+
+    best: PositiveInt | None = Field(
+        1, description="validated checkpoints kept by the primary metric; null: keep every one"
+    )
+    newest: int = Field(1, description="newest checkpoints kept, with optimizer state (>= 1)")
+
+    @field_validator("newest")
+    @classmethod
+    def _keeps_the_resume_point(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(
+                f"{value} would delete the resume point (the newest checkpoint, with optimizer "
+                "state): keep at least 1"
+            )
+        return value
+
+
 class TrainingConfig(Section):
     """Ray Train dual-encoder training with (cross-batch) InfoNCE."""
 
@@ -247,7 +270,7 @@ class TrainingConfig(Section):
         None,
         description="Ray Train storage (a local path or s3://, gs://...); default OUTPUT_DIR/ray",
     )
-    num_to_keep: PositiveInt | None = None
+    keep: KeepConfig = Field(default_factory=KeepConfig)
     max_failures: int = Field(2, ge=-1)
     cpus: list[int] | None = Field(
         None,

@@ -38,6 +38,10 @@ def train(args: argparse.Namespace) -> None:
                 f"best checkpoint by {metric} on {cfg.validation.split} (validation subset): step "
                 f"{best['step']} = {best['metrics'][metric]:.4f} → {chosen}"
             )
+    if validated is not None:
+        from raydr.validation import retention
+
+        print(retention.describe(retention.disk(cfg.with_absolute_paths())))
     if chosen is None or args.no_eval:
         return
     import torch
@@ -79,7 +83,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.watch is not None and not args.watch.is_dir():
         raise RaydrError(f"--watch {args.watch}: not a directory")
     init_ray(cfg)
-    pool = start_pool(cfg.with_absolute_paths())
+    pool = start_pool(cfg.with_absolute_paths(), retain=False)  # a user's folders: never pruned
     trial = args.trial or cfg.name
     for path in args.checkpoints:
         ray.get(pool.submit.remote(trial, checkpoint.step_of(path), str(Path(path).resolve())))

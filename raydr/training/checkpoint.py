@@ -10,7 +10,10 @@ A checkpoint folder describes itself and loads as it is:
     training_state.pt                                 optimizer, scheduler and RNG state
 
 Folders are written complete under a temporary name and renamed, so a reader (a resuming
-trainer, a validator in watch mode) never sees half of one.
+trainer, a validator in watch mode) never sees half of one. Retention (which checkpoints go is
+decided by ``validation/retention.py``) deletes a folder whole (``delete``) or drops only its
+``training_state.pt`` (``strip_training_state``), and ``forget_deleted`` keeps Ray Train's own
+record of the run's checkpoints in step with what is on disk, so a rerun still resumes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import torch
 
+from raydr import atomic
 from raydr.atomic import atomic_dir
 from raydr.errors import RaydrError
 
@@ -298,6 +302,94 @@ def export(directory: str | Path, out: str | Path) -> Path:
             meta["files"] = _file_sizes(tmp)
             (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return Path(out)
+
+
+def listed(run_dir: str | Path) -> list[Path]:
+    """The raydr checkpoint folders of one Ray Train run, by step."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.glob(f"{_DIR_PREFIX}*") if p.is_dir() and is_raydr(p))
+
+
+def size_bytes(path: str | Path) -> int:
+    """Bytes of the files under ``path`` (a checkpoint, a run, a search's storage); 0 if absent."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _local(path: str | Path) -> Path | None:
+    """A checkpoint path retention may touch: local, and a raydr checkpoint (never a folder of
+    another trainer that ``raydr validate --watch`` was pointed at)."""
+    if "://" in str(path):
+        return None  # cloud storage: its own lifecycle rules apply, raydr does not delete there
+    folder = Path(path)
+    return folder if is_raydr(folder) else None
+
+
+def delete(path: str | Path) -> int:
+    """Delete a checkpoint whole: gone from sight in one rename, so nobody loads half of it.
+    → bytes freed (0 when already gone, or not a local raydr checkpoint)."""
+    folder = _local(path)
+    if folder is None:
+        return 0
+    freed = size_bytes(folder)
+    return freed if atomic.remove_dir(folder) else 0
+
+
+def strip_training_state(path: str | Path) -> int:
+    """Drop a checkpoint's optimizer, scheduler and memory-bank state, keeping a model that
+    ``transformers``, ``sentence-transformers`` and ``raydr best --export`` load as before.
+    The record is rewritten first (atomically) without the file, then the file goes: at every
+    moment the folder is a complete checkpoint. → bytes freed."""
+    folder = _local(path)
+    if folder is None or not (folder / STATE).is_file():
+        return 0
+    meta = json.loads((folder / META).read_text())
+    if STATE in (meta.get("files") or {}):
+        meta["files"] = {k: v for k, v in meta["files"].items() if k != STATE}
+        atomic.write_text(folder / META, json.dumps(meta, indent=2, default=str) + "\n")
+    freed = (folder / STATE).stat().st_size
+    (folder / STATE).unlink(missing_ok=True)
+    return freed
+
+
+def has_training_state(path: str | Path) -> bool:
+    return (Path(path) / STATE).is_file()
+
+
+# Ray Train's record of a run's reported checkpoints, read when a run (re)starts.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def forget_deleted(run_dir: str | Path) -> int:
+    """Drop from Ray Train's record of ``run_dir`` the checkpoints retention deleted, and
+    finish any deletion a crash interrupted. Ray refuses to restart a run whose record names a
+    folder that is gone; raydr never deletes the newest, so the resume point is untouched.
+    → entries dropped."""
+    run_dir = Path(run_dir)
+    atomic.sweep_removed(run_dir)
+    record = run_dir / RAY_SNAPSHOT
+    try:
+        state = json.loads(record.read_text())
+        results, indices = state["checkpoint_results"], state["checkpoint_report_indices"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # nothing committed yet, or a Ray version that keeps it elsewhere
+    there = [(r, i) for r, i in zip(results, indices, strict=True) if _exists(run_dir, r)]
+    dropped = len(results) - len(there)
+    if dropped:
+        state["checkpoint_results"] = [r for r, _ in there]
+        state["checkpoint_report_indices"] = [i for _, i in there]
+        atomic.write_text(record, json.dumps(state))
+        log.info("%s: %d deleted checkpoints dropped from Ray's record", run_dir, dropped)
+    return dropped
+
+
+def _exists(run_dir: Path, result: dict[str, Any]) -> bool:
+    name = result.get("checkpoint_dir_name")
+    return not isinstance(name, str) or (run_dir / name).is_dir()
 
 
 def load_training_state(directory: str | Path, optimizer=None, scheduler=None) -> dict[str, Any]:

@@ -153,7 +153,7 @@ def check_existing_checkpoints(cfg: RaydrConfig) -> None:
     if "://" in cfg.paths.train_storage:
         return  # cloud storage: the workers' checkpoint.read() still checks on load
     run_dir = Path(cfg.paths.train_storage) / cfg.name
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"  # Ray Train's record of commits
+    snapshot = run_dir / checkpoint.RAY_SNAPSHOT  # Ray Train's record of commits
     try:
         latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
     except (OSError, ValueError, KeyError, TypeError):

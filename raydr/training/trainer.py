@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from raydr import capacity
@@ -85,12 +86,16 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raydr.training import checkpoint
     from raydr.training.loop import train_loop_per_worker
 
     tcfg = cfg.training
     gpu = use_gpu(cfg)
     resources = worker_resources(cfg)
     storage = cfg.paths.train_storage
+    if "://" not in storage:
+        # Ray refuses to restart a run whose record names a checkpoint retention deleted.
+        checkpoint.forget_deleted(Path(storage) / cfg.name)
     ctx = LoopContext(
         cfg=cfg,
         storage=storage,
@@ -111,7 +116,14 @@ def build_trainer(
         run_config=RunConfig(
             name=cfg.name,
             storage_path=storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.num_to_keep),
+            # With validation the ledger decides what stays (validation/retention.py), after the
+            # metric lands; Ray's own pruning would go by age and could delete a checkpoint still
+            # owed one. Without validation there is no metric, so age is all there is.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=None
+                if cfg.validation.enabled or tcfg.keep.best is None
+                else tcfg.keep.newest
+            ),
             failure_config=FailureConfig(max_failures=tcfg.max_failures),
             callbacks=callbacks,
         ),

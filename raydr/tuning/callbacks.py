@@ -1,5 +1,5 @@
 """The search's Tune callbacks, in the driver: how late decisions come (``LagWatch``), and what a
-trial the scheduler stops leaves behind: its queued checkpoints (``CancelStopped``) and its
+trial the scheduler stops leaves behind: its checkpoints (``PoolStopped``) and its
 nodes (``ReleaseStopped``, with ``remember_run``, which each trial calls, through Ray's internal
 key-value store).
 """
@@ -56,14 +56,16 @@ class LagWatch(Callback):
 _KV = "raydr-train-runs"
 
 
-class CancelStopped(Callback):
-    """``tune.stopped_checkpoints=cancel``: when the scheduler stops a trial, the pool cancels
-    its queued checkpoints, since no decision will read their metrics and live trials' rung
-    checkpoints would wait behind them. A trial that ended on its own (its last report says
-    ``trial_complete``) has nothing queued: it waited for its validations before returning."""
+class PoolStopped(Callback):
+    """When the scheduler stops a trial, tell the pool: the trial will never resume, so once its
+    rows close it keeps only its best checkpoint (``training.keep``). Under
+    ``tune.stopped_checkpoints=cancel`` the pool also cancels its queued checkpoints, since no
+    decision will read their metrics and live trials' rung checkpoints would wait behind them.
+    A trial that ended on its own (its last report says ``trial_complete``) is not stopped: it
+    waited for its validations before returning, and keeps its newest too."""
 
-    def __init__(self, pool: str) -> None:
-        self.pool = pool
+    def __init__(self, pool: str, cancel: bool) -> None:
+        self.pool, self.cancel = pool, cancel
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         if (trial.last_result or {}).get("trial_complete"):
@@ -76,7 +78,10 @@ class CancelStopped(Callback):
             handle = ray.get_actor(self.pool, namespace=NAMESPACE)
         except ValueError:  # no pool: nothing is queued anywhere
             return
-        handle.cancel.remote(trial.trial_id, "its trial was stopped by the scheduler")
+        if self.cancel:
+            handle.cancel.remote(trial.trial_id, "its trial was stopped by the scheduler")
+        else:
+            handle.stopped.remote(trial.trial_id)
 
 
 def _run_key(search: str, trial: str) -> str:

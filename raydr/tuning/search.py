@@ -79,7 +79,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     from raydr.connect import init_ray
     from raydr.training.preflight import preflight
     from raydr.training.trainer import check_capacity
-    from raydr.tuning.callbacks import CancelStopped, LagWatch, ReleaseStopped
+    from raydr.tuning.callbacks import LagWatch, PoolStopped, ReleaseStopped
     from raydr.tuning.scheduler import build_scheduler, rung_checkpoints
     from raydr.tuning.space import check_metric, parse_space
     from raydr.tuning.summary import summarize
@@ -127,8 +127,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         LagWatch(cfg.training.checkpoint_every, cfg.tune.rung_wait),
         ReleaseStopped(cfg.name),
     ]
-    if cfg.tune.stopped_checkpoints == "cancel":
-        callbacks.append(CancelStopped(pool_name(cfg.name)))
+    callbacks.append(PoolStopped(pool_name(cfg.name), cfg.tune.stopped_checkpoints == "cancel"))
     trainable = tune.with_resources(
         tune.with_parameters(
             tune_trial,

@@ -8,6 +8,7 @@ from typing import Any
 
 from raydr.config import RaydrConfig
 from raydr.tuning.confirm import Validate
+from raydr.validation import retention
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def summarize(
         "winner_named_on": "full corpus" if confirmation and "winner" in confirmation else "subset",
         "confirmation": confirmation,
         "validation": validation_work(ledger, cfg.tune.stopped_checkpoints),
+        "disk": retention.disk(cfg, search=True),
     }
     atomic.write_json(run_dir / "summary.json", summary)
     return summary
@@ -160,6 +162,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{t['config']}"
         )
     lines.append(f"({metric}: best checkpoint on the validation subset; full: on the full corpus)")
+    if summary.get("disk"):
+        lines.append(retention.describe(summary["disk"]))
     saved = 1 - summary["trial_steps_run"] / max(1, summary["trial_steps_without_scheduler"])
     lines.append(
         f"trial-steps run: {summary['trial_steps_run']} of "

@@ -68,6 +68,7 @@ def tune_trial(
     total = result.metrics["step"]
     courier.drain(total, owed=lambda: ray.get(handle.owed.remote(trial)))
     done = ray.get(handle.results.remote(trial))
+    ray.get(handle.finished.remote(trial))  # never resumed: its best checkpoints are enough
     # The closing report: marks the trial complete (not stopped), restating its newest metric.
     tune.report(
         {

@@ -178,7 +178,17 @@ class InlineHook:
         if self._validator is None:  # built on first use, in the worker, then kept warm
             self._validator = Validator(self.cfg, self.subset, threads=torch.get_num_threads())
         metrics = self._validator.validate(uri, step)
-        Ledger.for_run(self.cfg).append(done_row(self.trial, step, uri, metrics))
+        ledger = Ledger.for_run(self.cfg)
+        ledger.append(done_row(self.trial, step, uri, metrics))
+        # training.keep, as the pool applies it: the ledger decides what stays.
+        from raydr.validation import retention
+
+        rows = [r for (t, _), r in ledger.state().items() if t == self.trial]
+        metric, mode = retention.ranking(self.cfg)
+        todo = retention.plan(rows, self.cfg.training.keep, metric, mode)
+        freed = retention.Freed.load(self.cfg)
+        freed.add(retention.apply(todo, self.cfg.paths.train_storage))
+        freed.save(self.cfg)
 
     def progress(self, step: int) -> None:
         pass  # training and validation are one process here: nothing runs ahead

@@ -32,9 +32,10 @@ from raydr.capacity import Demand
 from raydr.config import MiningConfig, RaydrConfig
 from raydr.errors import RaydrError
 from raydr.mining.publisher import Publication
-from raydr.validation.ledger import Ledger, cancelled_row, done_row, failed_row, pending_row
+from raydr.validation.ledger import Ledger, cancelled_row, done_row, pending_row
 from raydr.validation.queue import Job, WorkQueue
 from raydr.validation.rendezvous import Rendezvous
+from raydr.validation.retention import Freed
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,13 @@ def pool_name(run_name: str) -> str:
 
 @ray.remote(num_cpus=0)
 class ValidationPool:
-    def __init__(self, cfg: RaydrConfig, subset: list[str] | None, ledger_path: str) -> None:
+    def __init__(
+        self, cfg: RaydrConfig, subset: list[str] | None, ledger_path: str, retain: bool = True
+    ) -> None:
         from raydr.validation.validator import Validator
 
         self.cfg = cfg
+        self.retain = retain  # prune by training.keep (not when validating a user's folders)
         vcfg = cfg.validation
         self.ledger = Ledger(ledger_path)
         options = {
@@ -68,6 +72,9 @@ class ValidationPool:
         self._started = False
         self._mining: dict[str, Publication] = {}
         self._stopped: dict[str, str] = {}  # trial → why its queued checkpoints are cancelled
+        self._halted: set[str] = set()  # trials the scheduler stopped: they never resume
+        self._finished: set[str] = set()  # a search's trials that trained to their end
+        self.freed = Freed.load(cfg)  # a resumed run goes on counting
 
     async def _start(self) -> None:
         # asyncio state must be made inside the actor's running loop, not in __init__.
@@ -77,6 +84,8 @@ class ValidationPool:
         vcfg = self.cfg.validation
         self.queue = WorkQueue(self.actors, vcfg.order, vcfg.max_retries)
         self.meet = Rendezvous(self.ledger.state)
+        self._pruning = asyncio.Lock()
+        self._retaining = 0
         # Work owed from before a restart: intake rows with no outcome yet.
         for row in self.ledger.pending():
             self.queue.put(Job(row["trial"], int(row["step"]), row["checkpoint"]))
@@ -99,6 +108,7 @@ class ValidationPool:
         mining = self._mining.get(trial)
         plan = mining.plan(int(step)) if mining else None
         self.queue.put(Job(trial, int(step), path, mine=plan, rung=rung))
+        await self._retain(trial)  # the previous newest no longer needs its optimizer state
         return True
 
     async def cancel(self, trial: str, reason: str = "its trial was stopped") -> int:
@@ -113,7 +123,23 @@ class ValidationPool:
             self.ledger.append(cancelled_row(trial, job.step, job.path, reason))
         if dropped:
             self.meet.signal()
+        self._halted.add(trial)
+        await self._retain(trial)
         return len(dropped)
+
+    async def stopped(self, trial: str) -> None:
+        """The scheduler stopped ``trial`` (whether or not its queued work is cancelled): it
+        will never resume, so once its rows are closed it keeps only its best checkpoint."""
+        await self._start()
+        self._halted.add(trial)
+        await self._retain(trial)
+
+    async def finished(self, trial: str) -> None:
+        """A search's ``trial`` trained to its end and its validations are in: Tune never runs
+        it again, so it keeps its best checkpoints only, without optimizer state."""
+        await self._start()
+        self._finished.add(trial)
+        await self._retain(trial)
 
     async def published(
         self, trial: str, have_step: int, settings: MiningConfig, model: str
@@ -206,22 +232,39 @@ class ValidationPool:
             except Exception:  # the ledger itself is unwritable: a restarted pool redoes it
                 log.exception("cannot record the failure of %s step %d", trial, step)
         finally:
+            self._retaining += 1  # idle() waits for retention too: the driver kills the pool then
             self.queue.finished(actor, job)
-
-    async def _revive(self, actor, timeout_s: float = 300.0) -> None:
-        # Ray restarts a dead validator (max_restarts=-1), but calls made while it restarts fail
-        # at once; wait until it answers so the re-do is not burnt on a restarting actor.
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
             try:
-                await actor.ping.remote()
-                return
-            except ray.exceptions.RayActorError:
-                await asyncio.sleep(0.5)
+                await self._retain(trial)
+            finally:
+                self._retaining -= 1
 
-    def _record_failure(self, job: Job, reason: str) -> None:
-        self.ledger.append(failed_row(job.trial, job.step, job.path, reason))
-        self.meet.signal()
+    async def _retain(self, trial: str) -> None:
+        """Apply ``training.keep`` to ``trial`` now that its rows changed (see ``retention``)."""
+        if not self.retain:
+            return
+        from raydr.validation import retention
+
+        async with self._pruning:  # one plan at a time: each sees the last one's outcome
+            rows = [r for (t, _), r in self.ledger.state().items() if t == trial]
+            busy = self.queue.steps(trial)
+            metric, mode = retention.ranking(self.cfg)
+            todo = retention.plan(
+                rows,
+                self.cfg.training.keep,
+                metric,
+                mode,
+                stopped=trial in self._halted,
+                finished=trial in self._finished,
+                busy=busy,
+            )
+            if todo.delete or todo.strip:
+                storage = self.cfg.paths.train_storage
+                try:  # deleting takes a while: keep answering long polls meanwhile
+                    self.freed.add(await asyncio.to_thread(retention.apply, todo, storage))
+                    self.freed.save(self.cfg)
+                except OSError as exc:  # a full or read-only disk must not stop validation
+                    log.warning("retention for %s failed: %s", trial, exc)
 
     # ---------------------------------------------------------------- the Tune rendezvous
 
@@ -278,7 +321,7 @@ class ValidationPool:
 
     async def idle(self) -> bool:
         await self._start()
-        return self.queue.idle()
+        return self.queue.idle() and not self._retaining
 
     async def actor_handles(self) -> list:
         return list(self.actors)
@@ -308,8 +351,9 @@ def check_resources(cfg: RaydrConfig) -> None:
     )
 
 
-def start_pool(cfg: RaydrConfig):
-    """Create (or reattach to) the run's named pool. → actor handle."""
+def start_pool(cfg: RaydrConfig, retain: bool = True):
+    """Create (or reattach to) the run's named pool. → actor handle. ``retain``: delete
+    checkpoints as ``training.keep`` says (off when validating folders a user handed over)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from raydr.validation.sampling import prepare_subset
@@ -327,7 +371,7 @@ def start_pool(cfg: RaydrConfig):
         get_if_exists=True,
         lifetime=None,
         scheduling_strategy=here,
-    ).remote(cfg, subset, str(ledger.path))
+    ).remote(cfg, subset, str(ledger.path), retain)
 
 
 def wait_idle(pool, timeout_s: float = 3600.0, poll_s: float = 1.0) -> bool:

@@ -107,5 +107,11 @@ class WorkQueue:
         self.waiting = [job for job in self.waiting if job.trial != trial]
         return theirs
 
+    def steps(self, trial: str) -> set[int]:
+        """Steps of ``trial`` waiting or running: checkpoints someone is about to read."""
+        return {j.step for j in self.waiting if j.trial == trial} | {
+            step for t, step in self.running if t == trial
+        }
+
     def idle(self) -> bool:
         return not self.waiting and not self.running

@@ -40,7 +40,14 @@ def _job(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> Path:
         dataset,
         model,
         negatives,
-        training={"epochs": 4, "checkpoint_every": 2, "log_every": 1, "max_failures": 0},
+        # keep.best 2: both checkpoints stay, for `raydr validate` to be handed them below.
+        training={
+            "epochs": 4,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "max_failures": 0,
+            "keep": {"best": 2},
+        },
         validation={"num_gpus": DROP},
         ray=LOCAL_RAY,
     )
@@ -79,6 +86,11 @@ def test_train_prints_each_step_once_and_the_selected_checkpoints_test_score(
 
     rows = Ledger.find(trained["tmp"] / "runs" / "cli-job").results("cli-job")
     assert [(r["step"], Path(r["checkpoint"]).is_dir()) for r in rows] == [(2, True), (4, True)]
+    # The summary's disk figure: both kept; the older one without its optimizer state.
+    assert re.search(
+        r"disk: 2 checkpoints, \d+ MB kept; retention freed \d+ MB \(0 deleted, 1 without",
+        done.stdout,
+    ), done.stdout
     # The printed test score is the one written to metrics.json, of the selected checkpoint.
     metrics = json.loads((trained["tmp"] / "runs/cli-job/metrics.json").read_text())
     assert float(table["nDCG@10"]) == pytest.approx(metrics["metrics"]["nDCG@10"], abs=1e-4)

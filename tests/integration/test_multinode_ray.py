@@ -61,7 +61,12 @@ def _cfg(tmp_path: Path, dataset: Path, model: Path, negatives: Path, validation
         dataset,
         model,
         negatives,
-        training={"max_failures": 3, "resources_per_worker": ONE_PER_TRAIN_NODE, **training},
+        training={
+            "max_failures": 3,
+            "resources_per_worker": ONE_PER_TRAIN_NODE,
+            "keep": {"best": None},  # every checkpoint stays: the tests read each one's report
+            **training,
+        },
         validation=validation or Whole({"enabled": False}),
     )
     return config.build(tree, "test")

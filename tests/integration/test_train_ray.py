@@ -38,7 +38,8 @@ def _cfg(
         output_dir=DROP,
         eval=DROP,
         model={"dtype": DROP},
-        training={"epochs": 3, "lr": 1e-3, **training},
+        # Every checkpoint stays (no retention): the tests compare each one's loss.
+        training={"epochs": 3, "lr": 1e-3, "keep": {"best": None}, **training},
         validation=Whole({"enabled": False}),
     )
     return config.build(tree, "test")
@@ -227,3 +228,68 @@ def test_corrupted_checkpoint_is_refused_on_resume(
     (bad.parent / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
     with pytest.raises(RaydrError, match=r"raydr\.json: corrupted .* would resume from it"):
         check_existing_checkpoints(cfg)
+
+
+@dataclass
+class _PoolThenKill:
+    """Rank 0's pool hook, then ``_KillAfterCommit``: the checkpoint reaches the pool (which
+    prunes as training.keep says) before the worker dies."""
+
+    pool: object
+    kill: _KillAfterCommit
+
+    def on_checkpoint(self, step: int, uri: str) -> None:
+        self.pool.on_checkpoint(step, uri)
+        self.kill.on_checkpoint(step, uri)
+
+    def progress(self, step: int) -> None:
+        self.pool.progress(step)
+
+    def hold(self, step: int) -> None:
+        self.pool.hold(step)
+
+
+def test_retention_keeps_a_resumable_newest_through_a_kill_and_a_rerun(
+    reference: dict, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    from ray import cloudpickle
+
+    from raydr.launch import train
+    from raydr.training import checkpoint
+    from raydr.training.trainer import fit
+    from raydr.validation.client import PoolHook
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import pool_name, start_pool, wait_idle
+    from raydr.validation.report import best_row, export
+
+    cloudpickle.register_pickle_by_value(__import__(__name__))
+    tree = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE).model_dump(
+        mode="json"
+    )
+    tree["training"]["keep"] = {"best": 1, "newest": 1}  # the default
+    tree["validation"] = {"enabled": True, "num_actors": 1, "num_cpus": 0, "num_gpus": 0}
+    cfg = config.build(tree, "t").with_absolute_paths()
+    pool = start_pool(cfg)
+    kill = _KillAfterCommit(3, str(tmp_path / "killed-once"))
+    result = fit(cfg, hook=_PoolThenKill(PoolHook(pool_name(cfg.name), cfg.name), kill))
+    wait_idle(pool)
+    ray.get(pool.close.remote())
+    ray.kill(pool)
+    # Killed after step 3 with retention on: the restart found step 3 whole, with its optimizer
+    # state, and trained on exactly as the uninterrupted run did.
+    assert (tmp_path / "killed-once").exists() and result.metrics["resumed_from_step"] == 3
+    got, want = _losses(result), reference["losses"]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-6)
+    # What stays: the best by the validated metric and the newest; only the newest can resume.
+    rows = Ledger.for_run(cfg).results(cfg.name)
+    best = best_row(rows, "nDCG@10")
+    run = Path(cfg.paths.train_storage) / cfg.name
+    kept = {checkpoint.read(f).step: f for f in checkpoint.listed(run)}
+    assert sorted(kept) == sorted({best["step"], 6}) and len(rows) == 6
+    assert checkpoint.has_training_state(kept[6])
+    assert all(not checkpoint.has_training_state(f) for s, f in kept.items() if s != 6)
+    export(best, tmp_path / "exported")  # `raydr best --export` still finds its checkpoint
+    # A rerun one epoch longer resumes from step 6, though Ray's record named the deleted ones.
+    tree["training"]["epochs"] = 4
+    again, _ = train(config.build(tree, "t"))
+    assert again.metrics["resumed_from_step"] == 6 and again.metrics["step"] == 8

@@ -147,6 +147,18 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
     assert work["stopped_checkpoints"] == "finish" and work["cancelled"] == 0
     assert work["done"] == len(ledger.results()) and work["validator_seconds"] > 0
     assert Path(summary["plot"]).is_file()
+    # Retention: neither trial resumes, so each keeps its best checkpoint alone (the stopped one
+    # once its rows closed), without optimizer state; the summary says what that left.
+    from raydr.training import checkpoint
+
+    for t in (good, bad):
+        run = Path(cfg.with_absolute_paths().paths.train_storage) / f"{cfg.name}-{t['trial']}"
+        left = checkpoint.listed(run)
+        assert [checkpoint.read(f).step for f in left] == [t["best_step"]], t["trial"]
+        assert not checkpoint.has_training_state(left[0])
+    disk = summary["disk"]
+    assert disk["checkpoints_kept"] == 2 and disk["bytes_freed"] > 0
+    assert disk["checkpoints_deleted"] == len(ledger.results()) - 2
     assert list((tmp_path / "tune" / "tiny-tune").rglob("events.out.tfevents*")), (
         "no TensorBoard logs"
     )
