@@ -32,7 +32,7 @@ from raydr.capacity import Demand
 from raydr.config import MiningConfig, RaydrConfig
 from raydr.errors import RaydrError
 from raydr.mining.publisher import Publication
-from raydr.validation.ledger import Ledger, cancelled_row, done_row, pending_row
+from raydr.validation.ledger import Ledger, cancelled_row, done_row, failed_row, pending_row
 from raydr.validation.queue import Job, WorkQueue
 from raydr.validation.rendezvous import Rendezvous
 from raydr.validation.retention import Freed
@@ -265,6 +265,21 @@ class ValidationPool:
                     self.freed.save(self.cfg)
                 except OSError as exc:  # a full or read-only disk must not stop validation
                     log.warning("retention for %s failed: %s", trial, exc)
+
+    async def _revive(self, actor, timeout_s: float = 300.0) -> None:
+        # Ray restarts a dead validator (max_restarts=-1), but calls made while it restarts fail
+        # at once; wait until it answers so the re-do is not burnt on a restarting actor.
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            try:
+                await actor.ping.remote()
+                return
+            except ray.exceptions.RayActorError:
+                await asyncio.sleep(0.5)
+
+    def _record_failure(self, job: Job, reason: str) -> None:
+        self.ledger.append(failed_row(job.trial, job.step, job.path, reason))
+        self.meet.signal()
 
     # ---------------------------------------------------------------- the Tune rendezvous
 
