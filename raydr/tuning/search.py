@@ -162,6 +162,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     grid = tuner.fit()
     try:
         wait_idle(pool)  # checkpoints of stopped trials may still be being validated
+        ray.get(pool.settle.remote())  # what stopped trials committed but never handed over
         progress = ray.get(pool.progress.remote())  # where each trial's training really got to
     finally:
         ray.get(pool.close.remote())

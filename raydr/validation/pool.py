@@ -141,6 +141,14 @@ class ValidationPool:
         self._finished.add(trial)
         await self._retain(trial)
 
+    async def settle(self) -> None:
+        """The search is over (the driver calls this after ``fit``, once the pool is idle): no
+        trial submits any more. A trial that the scheduler stopped, or that finished, loses
+        the checkpoint folders its ledger never took in (see ``retention.strays``)."""
+        await self._start()
+        for trial in sorted(self._halted | self._finished):
+            await self._retain(trial, strays=True)
+
     async def published(
         self, trial: str, have_step: int, settings: MiningConfig, model: str
     ) -> list | None:
@@ -239,8 +247,9 @@ class ValidationPool:
             finally:
                 self._retaining -= 1
 
-    async def _retain(self, trial: str) -> None:
-        """Apply ``training.keep`` to ``trial`` now that its rows changed (see ``retention``)."""
+    async def _retain(self, trial: str, strays: bool = False) -> None:
+        """Apply ``training.keep`` to ``trial`` now that its rows changed (see ``retention``);
+        ``strays``: also delete its folders that have no row (only once the search is over)."""
         if not self.retain:
             return
         from raydr.validation import retention
@@ -258,6 +267,8 @@ class ValidationPool:
                 finished=trial in self._finished,
                 busy=busy,
             )
+            if strays and self.cfg.training.keep.best is not None:
+                todo.delete.extend(retention.strays(self.cfg, trial, rows))
             if todo.delete or todo.strip:
                 storage = self.cfg.paths.train_storage
                 try:  # deleting takes a while: keep answering long polls meanwhile

@@ -151,6 +151,21 @@ def _size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
+def strays(cfg: RaydrConfig, trial: str, rows: Iterable[Row]) -> list[str]:
+    """Checkpoint folders of a search's ``trial`` that its ledger never took in: Ray committed
+    them, then the scheduler's stop killed the trial before rank 0 handed them to the pool.
+    Only meaningful once the search is over (``ValidationPool.settle``): until then a folder
+    without a row may be one whose submission is on its way."""
+    from raydr.training import checkpoint
+
+    storage = cfg.paths.train_storage
+    if "://" in storage:
+        return []
+    taken = {int(r["step"]) for r in rows}
+    run = Path(storage) / f"{cfg.name}-{trial}"
+    return [str(f) for f in checkpoint.listed(run) if checkpoint.step_of(f) not in taken]
+
+
 def apply(todo: Plan, storage: str) -> Freed:
     """Carry out ``todo`` on the checkpoints inside the run's Ray Train ``storage`` only: a
     folder elsewhere (one that ``raydr validate`` was handed, a test's fixture) is never

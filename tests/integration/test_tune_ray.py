@@ -158,7 +158,9 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
         assert not checkpoint.has_training_state(left[0])
     disk = summary["disk"]
     assert disk["checkpoints_kept"] == 2 and disk["bytes_freed"] > 0
-    assert disk["checkpoints_deleted"] == len(ledger.results()) - 2
+    # Every validated checkpoint but the two kept went, and so may folders a stopped trial
+    # committed but never handed over (strays, which have no row).
+    assert disk["checkpoints_deleted"] >= len(ledger.results()) - 2
     assert list((tmp_path / "tune" / "tiny-tune").rglob("events.out.tfevents*")), (
         "no TensorBoard logs"
     )
@@ -216,8 +218,11 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
 def _trial_dir(exp: Path, lr: float) -> Path:
     """The folder of the trial with this learning rate (Tune writes its params.json)."""
     for d in sorted(exp.iterdir()) if exp.is_dir() else []:
-        params = d / "params.json"
-        if params.is_file() and json.loads(params.read_text()).get("training.lr") == lr:
+        try:  # Tune writes params.json in place: a poll may find it empty or half written
+            params = json.loads((d / "params.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if params.get("training.lr") == lr:
             return d
     return exp / f"no-trial-lr-{lr}"
 

@@ -19,7 +19,7 @@ from raydr.cli import main
 from raydr.config import KeepConfig
 from raydr.training import checkpoint
 from raydr.validation.ledger import done_row, failed_row, pending_row
-from raydr.validation.retention import plan
+from raydr.validation.retention import plan, strays
 
 
 def _rows(scores: dict[int, float | None], pending: tuple[int, ...] = ()) -> list[dict]:
@@ -106,6 +106,18 @@ def test_delete_is_whole_and_only_touches_raydr_checkpoints(ckpt, tmp_path) -> N
     foreign.mkdir()
     (foreign / "model.safetensors").write_bytes(b"x")
     assert checkpoint.delete(foreign) == 0 and foreign.exists()
+
+
+def test_a_stopped_trials_unsubmitted_folders_are_strays(tmp_path, tiny_dataset, tiny_model_dir):
+    # A search "keep": trial t's Train run is <storage>/keep-t. Ray committed steps 4 and 8;
+    # the stop killed the trial before rank 0 handed 8 to the pool, so only 4 has rows.
+    cfg = config.build(tiny_tree("keep", tmp_path, tiny_dataset, tiny_model_dir), "t")
+    run = Path(cfg.paths.train_storage) / "keep-t"
+    folders = [write_checkpoint(run, tiny_model_dir, s, cfg) for s in (4, 8)]
+    rows = [done_row("t", 4, str(folders[0]), {"nDCG@10": 0.5})]
+    assert strays(cfg, "t", rows) == [str(folders[1])]
+    assert strays(cfg, "t", [*rows, pending_row("t", 8, str(folders[1]))]) == []
+    assert strays(cfg, "other", rows) == []  # another trial's run: nothing of t's
 
 
 # A prune killed part way: rmtree removes a few files of the checkpoint, then the process dies.
