@@ -103,7 +103,7 @@ def summarize(
         "winner_named_on": "full corpus" if confirmation and "winner" in confirmation else "subset",
         "confirmation": confirmation,
         "validation": validation_work(ledger, cfg.tune.stopped_checkpoints),
-        "disk": retention.disk(cfg, search=True),
+        "disk": retention.disk(cfg, trials=[t["trial"] for t in trials]),
     }
     atomic.write_json(run_dir / "summary.json", summary)
     return summary

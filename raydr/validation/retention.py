@@ -108,16 +108,18 @@ class Freed:
         atomic.write_json(validation_dir(cfg) / _FIGURES, asdict(self))
 
 
-def disk(cfg: RaydrConfig, search: bool = False) -> dict[str, Any]:
-    """Checkpoints and bytes on disk now for the run (``search``: for every trial of the
-    search, ``<storage>/<name>-<trial>``), beside what retention freed: the summaries' figure."""
+def disk(cfg: RaydrConfig, trials: Iterable[str] | None = None) -> dict[str, Any]:
+    """Checkpoints and bytes on disk now for the run (a search's ``trials``: for each,
+    ``<storage>/<name>-<trial>``), beside what retention freed: the summaries' figure."""
     from raydr.training import checkpoint
 
     storage = cfg.paths.train_storage
     kept: dict[str, Any] = {"checkpoints_kept": None, "bytes_kept": None}
     if "://" not in storage:
         root = Path(storage)
-        runs = sorted(root.glob(f"{cfg.name}-*")) if search else [root / cfg.name]
+        # Named trial by trial, not globbed: a search "s-x" would match "s-*" of search "s".
+        names = [cfg.name] if trials is None else [f"{cfg.name}-{t}" for t in trials]
+        runs = [root / n for n in names]
         folders = [c for run in runs for c in checkpoint.listed(run)]
         kept = {
             "checkpoints_kept": len(folders),

@@ -19,7 +19,7 @@ from raydr.cli import main
 from raydr.config import KeepConfig
 from raydr.training import checkpoint
 from raydr.validation.ledger import done_row, failed_row, pending_row
-from raydr.validation.retention import plan, strays
+from raydr.validation.retention import disk, plan, strays
 
 
 def _rows(scores: dict[int, float | None], pending: tuple[int, ...] = ()) -> list[dict]:
@@ -118,6 +118,17 @@ def test_a_stopped_trials_unsubmitted_folders_are_strays(tmp_path, tiny_dataset,
     assert strays(cfg, "t", rows) == [str(folders[1])]
     assert strays(cfg, "t", [*rows, pending_row("t", 8, str(folders[1]))]) == []
     assert strays(cfg, "other", rows) == []  # another trial's run: nothing of t's
+
+
+def test_a_searchs_disk_figure_counts_its_own_trials_alone(tmp_path, tiny_dataset, tiny_model_dir):
+    # Searches "keep" and "keep-all" share the storage; trial t's runs are keep-t, keep-all-t.
+    cfg = config.build(tiny_tree("keep", tmp_path, tiny_dataset, tiny_model_dir), "t")
+    storage = Path(cfg.paths.train_storage)
+    mine = write_checkpoint(storage / "keep-t", tiny_model_dir, 4, cfg)
+    write_checkpoint(storage / "keep-all-t", tiny_model_dir, 4, cfg)
+    figures = disk(cfg, trials=["t", "never-started"])
+    assert figures["checkpoints_kept"] == 1
+    assert figures["bytes_kept"] == checkpoint.size_bytes(mine)
 
 
 # A prune killed part way: rmtree removes a few files of the checkpoint, then the process dies.
