@@ -240,23 +240,35 @@ def _custom(resources: dict[str, float]) -> set[str]:
     return {k for k in resources if k not in plain and not k.startswith("node:")}
 
 
-def node_counts(worker_types: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Alive nodes per worker type (told apart by their custom resources); "head" for the rest."""
+def node_kinds(worker_types: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Alive node id → its worker type (told apart by custom resources), or "head". Dead nodes
+    are left out: Ray lists them without resources, which would read as the head."""
     import ray
 
     keys = {name: _custom(t["resources"]) for name, t in worker_types.items()}
-    counts = dict.fromkeys([*worker_types, "head"], 0)
+    kinds = {}
     for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        have = _custom(node.get("Resources", {}))
-        kind = next((n for n, k in keys.items() if k and k <= have), "head")
+        if node.get("Alive"):
+            have = _custom(node.get("Resources", {}))
+            kinds[node["NodeID"]] = next((n for n, k in keys.items() if k and k <= have), "head")
+    return kinds
+
+
+def node_counts(worker_types: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Alive nodes per worker type; "head" for the rest."""
+    return _count(node_kinds(worker_types), worker_types)
+
+
+def _count(kinds: dict[str, str], worker_types: dict[str, dict[str, Any]]) -> dict[str, int]:
+    counts = dict.fromkeys([*worker_types, "head"], 0)
+    for kind in kinds.values():
         counts[kind] += 1
     return counts
 
 
 class NodeSampler:
-    """Samples `node_counts` every `every_s` in a thread: → [(seconds since start, counts)]."""
+    """Samples the nodes every `every_s` in a thread: `samples` → [(seconds since start, counts)],
+    and `kinds`, every node seen alive → its type (a node scaled down since still has one)."""
 
     def __init__(self, worker_types: dict[str, dict[str, Any]], every_s: float = 0.5) -> None:
         import threading
@@ -264,6 +276,7 @@ class NodeSampler:
         self.worker_types = worker_types
         self.every_s = every_s
         self.samples: list[tuple[float, dict[str, int]]] = []
+        self.kinds: dict[str, str] = {}
         self.t0 = time.monotonic()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -272,7 +285,9 @@ class NodeSampler:
         while not self._halt.is_set():
             # A GCS call may fail during shutdown; the next sample will tell.
             with contextlib.suppress(Exception):
-                self.samples.append((time.monotonic() - self.t0, node_counts(self.worker_types)))
+                kinds = node_kinds(self.worker_types)
+                self.kinds.update(kinds)
+                self.samples.append((time.monotonic() - self.t0, _count(kinds, self.worker_types)))
             self._halt.wait(self.every_s)
 
     def __enter__(self) -> NodeSampler:

@@ -66,17 +66,6 @@ def _cfg(tmp_path: Path, dataset: Path, model: Path, negatives: Path, address: s
     return config.RaydrConfig.model_validate(merged(tree, over))
 
 
-def _node_kinds() -> dict[str, str]:
-    """node id → worker type (or "head")."""
-    kinds = {}
-    for node in ray.nodes():
-        res = node["Resources"]
-        kinds[node["NodeID"]] = (
-            "train_gpu" if "train_node" in res else "val_gpu" if "val_node" in res else "head"
-        )
-    return kinds
-
-
 def _wait_for_zero_workers(timeout_s: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
@@ -104,13 +93,17 @@ def test_a_run_scales_its_node_types_up_from_zero_and_back_down(
     # 1. The autoscaler started two training nodes for the trainer's placement group and one
     # validator node for the pool, and nothing else.
     assert up.peak("train_gpu") == 2 and up.peak("val_gpu") == 1, up.samples[-1]
-    kinds = _node_kinds()
+    # Kinds as the sampler saw them while the nodes were up: a training node may already be
+    # scaled down by now (its workers finished while validation went on).
+    kinds = up.kinds
     workers = {s["node"] for s in starts(tmp_path)}
-    assert len(workers) == 2 and {kinds[n] for n in workers} == {"train_gpu"}
+    assert len(workers) == 2 and {kinds.get(n) for n in workers} == {"train_gpu"}
     at = fake_cluster.address  # the State API's address discovery may find other Rays
     validators = list_actors(address=at, filters=[("class_name", "=", "Validator")], detail=True)
     assert len(validators) == 2
-    assert {kinds[a.node_id] for a in validators} == {"val_gpu"}  # both share one validator node
+    assert {kinds.get(a.node_id) for a in validators} == {
+        "val_gpu"
+    }  # both share one validator node
     # Every checkpoint was validated.
     steps = result.metrics["step"]
     assert sorted(r["step"] for r in done) == list(range(1, steps + 1))
@@ -254,8 +247,7 @@ def test_an_elastic_run_starts_on_one_node_and_grows_when_the_autoscaler_adds_on
         assert result.error is None and result.metrics["step"] == 4
         first, *grown = starts(tmp_path)
         assert first["world"] == 1 and [s["world"] for s in grown] == [2, 2]
-        kinds = _node_kinds()
-        assert {kinds[s["node"]] for s in (first, *grown)} == {"train_gpu"}
+        assert {seen.kinds.get(s["node"]) for s in (first, *grown)} == {"train_gpu"}
         assert len({s["node"] for s in grown}) == 2
         took = min(s["t"] for s in grown) - first["t"]
         down = _wait_for_zero_workers(timeout_s=10.0 + 30)
