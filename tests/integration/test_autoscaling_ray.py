@@ -186,7 +186,8 @@ def test_a_search_grows_and_shrinks_the_training_nodes_with_its_trials(
     payload = json.loads(out.read_text())
     trials = payload["trials"]
     assert len(trials) == 3 and not any(t["error"] for t in trials)
-    assert any(t["stopped_early"] for t in trials), trials
+    by_lr = {t["config"]["training.lr"]: t for t in trials}
+    assert by_lr[1e-9]["stopped_early"] and by_lr[1e-9]["steps_run"] < 20, trials
     # Grew: a training node per running trial (at least two at once), one validator node.
     assert payload["peak_nodes"]["val_gpu"] == 1
     assert payload["peak_nodes"]["train_gpu"] >= 2

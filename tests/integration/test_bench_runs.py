@@ -31,7 +31,10 @@ def test_bench_search_compares_asha_with_the_unscheduled_search(
     # Unscheduled, every trial trains to its end; ASHA stopped the frozen one.
     assert free["trial_steps_run"] == free["trial_steps_without_scheduler"] == 40
     assert not any(t["stopped_early"] for t in free["trials"])
-    assert asha["trial_steps_run"] < 40 and any(t["stopped_early"] for t in asha["trials"])
+    stopped = [t["config"] for t in asha["trials"] if t["stopped_early"]]
+    assert stopped == [{"training.lr": 1e-9}], asha["trials"]
+    frozen = next(t for t in asha["trials"] if t["stopped_early"])
+    assert asha["trial_steps_run"] == 20 + frozen["steps_run"] < 40, asha["trials"]
     # Both named their winner on the full corpus (40 docs) and scored it once on test.
     for run in (asha, free):
         assert run["winner_named_on"] == "full corpus", run["confirmation"]

@@ -148,8 +148,9 @@ def test_a_courier_delivers_each_done_row_once_in_step_order_then_stops_cleanly(
     import queue
 
     from raydr.tuning.courier import Courier
+    from raydr.validation.ledger import Ledger
 
-    _, ckpt, pool = _one_validator(tmp_path, tiny_dataset, tiny_model_dir)
+    cfg, ckpt, pool = _one_validator(tmp_path, tiny_dataset, tiny_model_dir)
     channel: queue.Queue = queue.Queue()  # stands in for Tune's session queue: a real queue
     courier = Courier(pool, "t", ["nDCG@10"], channel)
     courier.start()
@@ -164,7 +165,10 @@ def test_a_courier_delivers_each_done_row_once_in_step_order_then_stops_cleanly(
     while not channel.empty():
         reports.append(channel.get_nowait())
     assert [r["validated_step"] for r in reports] == [4, 8]
-    assert all(r["nDCG@10"] >= 0 and r["step"] >= 9 for r in reports)
+    # Each carries its checkpoint's validated metric, as the ledger's done row holds it.
+    done = {r["step"]: r["metrics"]["nDCG@10"] for r in Ledger.for_run(cfg).results("t")}
+    assert [r["nDCG@10"] for r in reports] == [done[4], done[8]], (reports, done)
+    assert all(r["step"] >= 9 for r in reports)
     ray.kill(pool)
 
 

@@ -1,9 +1,13 @@
-"""The arithmetic behind raydr's capacity check and the autoscale benchmark, without Ray."""
+"""The arithmetic behind raydr's capacity check and the autoscale benchmark, without Ray; and
+which way ``ensure`` turns on a shortfall, on a one-CPU local Ray."""
 
 from __future__ import annotations
 
+import pytest
+
 from raydr.bench.autoscale import TRAIN, release_lags
-from raydr.capacity import Demand, shortfall
+from raydr.capacity import Demand, ensure, shortfall
+from raydr.errors import RaydrError
 
 
 def test_a_demand_drops_zero_amounts_and_names_what_the_cluster_lacks() -> None:
@@ -66,3 +70,40 @@ def test_on_a_cluster_workers_asked_for_gpus_train_on_gpu_whatever_the_driver_ha
         use_gpu(cfg(use="yes"))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # inside `ray job submit`
     assert use_gpu(cfg(**gpu))
+
+
+@pytest.mark.ray
+def test_a_shortfall_is_refused_at_once_without_an_autoscaler_and_probed_with_one() -> None:
+    """Pins ``ensure``'s branch on ``ray.autoscaler``: without one (``no``) a demand the
+    cluster lacks is refused at once, naming its field; with one (``yes``) it goes to the probe
+    placement group, which waits for nodes (here ``timeout_s=0``: one look, then the timeout's
+    error). Inverted, a fixed cluster would wait ``ray.scale_up_timeout_s`` for nodes that never
+    come, and an autoscaling one would refuse work its autoscaler could place."""
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("needs a Ray of its own, sized to one CPU")
+    ray.init(
+        address="local",
+        num_cpus=1,
+        object_store_memory=80_000_000,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+    try:
+        need = [Demand("training.num_workers", {"CPU": 1}, count=2, hint="fewer workers")]
+        assert ensure([Demand("validation.num_actors", {"CPU": 1}, 1)], autoscaler="no") == {}
+        with pytest.raises(RaydrError) as err:
+            ensure(need, autoscaler="no", timeout_s=0, settle_s=0)
+        assert str(err.value) == (
+            "training.num_workers: 2 × {CPU: 1} needs 2 CPU, but the cluster has 1; "
+            "fewer workers (or add nodes; an autoscaler would)"
+        )
+        with pytest.raises(RaydrError, match=r"^training\.num_workers: no nodes to hold it within"):
+            ensure(need, autoscaler="yes", timeout_s=0, settle_s=60)
+        assert ray.util.placement_group_table() and all(
+            pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values()
+        ), "the probe is removed"
+    finally:
+        ray.shutdown()

@@ -190,3 +190,33 @@ def test_grad_cache_chunk_must_fit_the_batch(tmp_path: Path) -> None:
         config.load(path, ["training.grad_cache_chunk=0"])
     with pytest.raises(RaydrError, match=r"grad_cache_chunk=8 is larger than batch_size=4"):
         config.load(path, ["training.grad_cache_chunk=8"])
+
+
+def test_grad_cache_chunk_may_be_the_whole_batch(tmp_path: Path) -> None:
+    """Pins the boundary of ``_grad_cache_chunk_within_batch``: a chunk as large as the batch
+    (one chunk a step, the plain loss's memory) is allowed; only a larger one is refused."""
+    path = _write(tmp_path, "data:\n  path: d\ntraining:\n  batch_size: 4\n")
+    assert config.load(path, ["training.grad_cache_chunk=4"]).training.grad_cache_chunk == 4
+    with pytest.raises(RaydrError, match=r"grad_cache_chunk=5 is larger than batch_size=4"):
+        config.load(path, ["training.grad_cache_chunk=5"])
+
+
+def test_mining_depth_bounds_topk_sampling_only(tmp_path: Path) -> None:
+    """Pins ``mining.depth`` being checked against the negatives a query draws only under
+    ``sampling: topk``, where depth is the pool they are drawn from; softmax sampling draws
+    over the whole corpus and ignores depth, so a small depth must not refuse it."""
+    path = _write(
+        tmp_path,
+        "data:\n  path: d\ntraining:\n  group_size: 4\n"
+        "  mining:\n    source: dynamic\n    depth: 2\n",
+    )
+    soft = config.load(path, ["training.mining.sampling=softmax"]).training.mining
+    assert (soft.sampling, soft.depth) == ("softmax", 2)
+    with pytest.raises(
+        RaydrError,
+        match=r"training: mining\.depth=2 is smaller than the 3 negatives per query that "
+        r"group_size=4 draws",
+    ):
+        config.load(path, ["training.mining.sampling=topk"])
+    top = config.load(path, ["training.mining.sampling=topk", "training.mining.depth=3"])
+    assert top.training.mining.depth == 3  # exactly one candidate per negative: enough

@@ -87,3 +87,29 @@ def test_the_summary_table_shows_both_metrics_the_winner_and_the_validators_work
     assert "winner on the full corpus (40 docs): b (the subset named a)" in text
     assert "Kendall tau of the top 2, subset vs full: -1.00" in text
     assert "9 checkpoints done, 3 cancelled, 0 failed; 90 validator-seconds (about 30 saved" in text
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_tie_on_the_full_corpus_keeps_the_subsets_order(mode: str) -> None:
+    """Pins ties on the full corpus falling back to the subset ranking, not to the order the
+    candidates came in: here they come in the reverse of their subset order, and a and b tie
+    on the full corpus, so a (first on the subset) must stay the winner, ranked above b."""
+    subset = {"c": 0.70, "b": 0.78, "a": 0.80} if mode == "max" else {"c": 0.9, "b": 0.5, "a": 0.4}
+    validate, _ = _full({"a": 0.55, "b": 0.55, "c": 0.10 if mode == "max" else 0.99})
+    out = confirm(_candidates(subset), "nDCG@10", mode, validate)
+    assert [c["trial"] for c in out["trials"]] == ["a", "b", "c"]
+    ranks = {c["trial"]: (c["subset_rank"], c["full_rank"]) for c in out["trials"]}
+    assert ranks == {"a": (1, 1), "b": (2, 2), "c": (3, 3)}
+    assert out["winner"] == out["subset_winner"] == "a" and not out["winner_changed"]
+
+
+def test_kendall_tau_is_none_when_a_ranking_is_all_ties() -> None:
+    """Pins a NaN tau becoming None: scipy's tau is NaN when either ranking has no order (all
+    equal); NaN is not valid JSON for the summary and compares false with everything."""
+    validate, _ = _full({"a": 0.5, "b": 0.5, "c": 0.5})
+    out = confirm(_candidates({"a": 0.8, "b": 0.7, "c": 0.6}), "nDCG@10", "max", validate)
+    assert out["kendall_tau"] is None
+    assert out["winner"] == "a"  # all tied on the full corpus: the subset's order stands
+    validate, _ = _full({"a": 0.3, "b": 0.5})
+    out = confirm(_candidates({"a": 0.7, "b": 0.7}), "nDCG@10", "max", validate)
+    assert out["kendall_tau"] is None and out["winner"] == "b"

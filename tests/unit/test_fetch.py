@@ -283,3 +283,21 @@ def test_import_beir_takes_a_dataset_name_on_the_command_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("raydr: error: cannot download")
     assert f"{server.url}/scifact.zip" in err and "raydr import-beir <folder> OUT" in err
+
+
+def test_an_upper_case_md5_is_accepted_and_kept_in_lower_case(
+    server: Server, tmp_path: Path
+) -> None:
+    """Pins md5 normalisation: md5 tools and web pages print it in either case (and with a
+    trailing newline when pasted); the same digest must fetch, mark the folder in lower case, and
+    find it cached again, not be refused as malformed or checked case-sensitively."""
+    md5 = make_zip(server.root / f"{NAME}.zip")
+    cache = tmp_path / "cache"
+    got = fetch_beir(NAME, cache=cache, base_url=server.url, md5=md5.upper(), progress=False)
+    assert (got / "corpus.jsonl").read_text() == _jsonl(DOCS)
+    assert (got / MARKER).read_text().strip() == md5
+    server.stop()  # offline: served from the cache whatever the case
+    again = fetch_beir(
+        NAME, cache=cache, base_url=server.url, md5=f" {md5.upper()}\n", progress=False
+    )
+    assert again == got

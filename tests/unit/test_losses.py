@@ -129,3 +129,21 @@ def test_judged_passages_are_never_negatives_in_the_batch_or_the_bank() -> None:
     assert loss(q, p, bank=bank).item() == pytest.approx(unmasked, abs=1e-5)
     assert abs(want - unmasked) > 1e-3
     assert loss.negatives_per_query(2, 2, 1, bank=3) == 2 * 2 - 1 + 3
+
+
+def test_memory_bank_newest_is_the_last_rows_pushed() -> None:
+    """Pins ``newest(n)`` to the newest rows: a bank that handed out its oldest rows would score
+    the queries against the stalest embeddings (the training loop reads the bank this way)."""
+    from raydr.losses import MemoryBank
+
+    bank = MemoryBank(size=6)
+    bank.push(torch.arange(8.0).view(4, 2), torch.tensor([0, 1, 2, 3]))
+    bank.push(10 + torch.arange(4.0).view(2, 2), torch.tensor([4, 5]))
+    two = bank.newest(2)
+    assert two.doc.tolist() == [4, 5]
+    assert two.emb.tolist() == [[10.0, 11.0], [12.0, 13.0]]
+    assert torch.equal(bank.newest(5).doc, torch.tensor([1, 2, 3, 4, 5]))
+    assert torch.equal(bank.newest(5).emb, bank.emb[1:])
+    everything = bank.newest(50)  # more than there are: all of them, newest still last
+    assert everything.doc.tolist() == [0, 1, 2, 3, 4, 5] and torch.equal(everything.emb, bank.emb)
+    assert len(bank.newest(0)) == 0 and len(MemoryBank(size=3).newest(2)) == 0

@@ -109,6 +109,39 @@ def test_nystrom_update_keeps_the_assignment_and_bounds_hold_for_the_corrected_d
         assert np.all(snap.doc_emb @ q <= bound[c.assign] + 1e-6)
 
 
+def test_nystrom_update_leaves_the_base_snapshot_bit_identical() -> None:
+    """Pins ``nystrom_update`` to a new array: writing the correction into the base would
+    corrupt the published refresh that readers hold and every later correction starts from."""
+    rng = np.random.default_rng(4)
+    docs = _blobs(200, 16, 5, 0.3, seed=4)
+    queries = _unit(rng.normal(size=(10, 16)))
+    base = _snapshot(docs, queries, 6)
+    before = {
+        "doc_emb": base.doc_emb.copy(),
+        "query_emb": base.query_emb.copy(),
+        "centroids": base.clusters.centroids.copy(),
+        "radius": base.clusters.radius.copy(),
+    }
+    moved = _unit(docs @ (np.eye(16) + 0.3 * rng.normal(size=(16, 16))))
+    marks = pick_landmarks(len(docs), 32, seed=0)
+    at_20 = _unit(queries + 0.1 * rng.normal(size=queries.shape))  # the queries at step 20
+    snap = nystrom_update(base, 20, marks, moved[marks], at_20, normalize=True)
+    after = {
+        "doc_emb": base.doc_emb,
+        "query_emb": base.query_emb,
+        "centroids": base.clusters.centroids,
+        "radius": base.clusters.radius,
+    }
+    for name, array in before.items():
+        same = after[name].tobytes() == array.tobytes()  # bit for bit, not just close
+        assert same, f"base.{name} was written to"
+    # The update did move the docs, so an in-place write would have shown above.
+    rest = np.setdiff1d(np.arange(len(docs)), marks)
+    assert np.abs(snap.doc_emb[rest] - before["doc_emb"][rest]).max() > 0.1
+    np.testing.assert_array_equal(snap.doc_emb[marks], moved[marks])
+    assert not np.shares_memory(snap.doc_emb, base.doc_emb)
+
+
 def test_landmarks_prefer_the_validation_subset_and_refuse_more_than_the_corpus() -> None:
     subset = [3, 5, 8, 13, 21, 34]
     assert set(pick_landmarks(100, 4, seed=0, prefer=subset)) <= set(subset)
@@ -174,6 +207,24 @@ def test_sample_draws_distinct_unjudged_docs_and_refuses_impossible_counts() -> 
     assert len(set(got)) == 20 and not set(got) & judged
     with pytest.raises(RaydrError, match="21 negatives asked for, but only 20 unjudged"):
         index.sample("q0", 21, 0.05, rng, exclude=judged)
+
+
+def test_rejection_branch_never_draws_a_doc_twice() -> None:
+    """Pins the duplicate check of the rejection branch (unprobed clusters): the test above
+    probes every doc, so only this one notices a sampler that accepts a doc it already drew."""
+    docs = _blobs(40, 8, 4, 0.3, seed=2)
+    queries = _unit(np.random.default_rng(3).normal(size=(4, 8)))
+    index = NegativeIndex(_snapshot(docs, queries, 5))
+    judged = {f"d{i}" for i in range(5)}
+    n = 25  # of 35 unjudged docs: most must come from the unprobed clusters, many twice proposed
+    c = index.snapshot.clusters
+    for i, q in enumerate(queries):
+        first = np.argmax(c.centroids @ q + np.linalg.norm(q) * c.radius)  # the one probed
+        assert n > c.sizes[first]  # so the rejection branch has to draw
+        rng = np.random.default_rng(i)
+        got = index.sample(f"q{i}", n, 1.0, rng, exclude=judged, slack=1e9)
+        assert len(got) == n and len(set(got)) == n, f"q{i}: a doc drawn twice"
+        assert not set(got) & judged
 
 
 # -------------------------------------------------------------------------------- bad input

@@ -52,6 +52,12 @@ def test_keeps_the_best_the_newest_and_whatever_is_still_owed() -> None:
     assert 3 not in _steps(busy.delete)
 
 
+def test_the_newest_keeps_its_optimizer_state_when_closed_and_not_the_best() -> None:
+    """The resume point: a validated newest that is not the best stays whole (never stripped)."""
+    todo = plan(_rows({1: 0.5, 2: 0.9, 3: 0.4}), KeepConfig(best=1, newest=1), "nDCG@10")
+    assert _steps(todo.delete) == [1] and _steps(todo.strip) == [2]
+
+
 def test_ties_go_to_the_earlier_step_and_min_mode_inverts() -> None:
     rows = _rows({1: 0.7, 2: 0.7, 3: 0.1, 4: 0.2})
     assert _steps(plan(rows, KeepConfig(best=1), "nDCG@10").delete) == [2, 3]

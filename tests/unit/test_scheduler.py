@@ -122,3 +122,95 @@ def test_bench_stopping_refuses_unknown_policies(tmp_path: Path) -> None:
     args = parser.parse_args([str(tmp_path / "job.yaml"), "--policies", "on_landing,sometimes"])
     with pytest.raises(RaydrError, match=r"--policies: unknown \['sometimes'\]; expected some of"):
         main(args)
+
+
+def _search_cfg(tmp_path: Path, rung_wait: str = "none", **scheduler) -> config.RaydrConfig:
+    tune = {"mode": "min", "rung_wait": rung_wait, "scheduler": scheduler}
+    return config.build({"data": {"path": str(tmp_path)}, "tune": tune}, "t")
+
+
+@pytest.mark.parametrize("rung_wait", ["none", "until_validated"])
+@pytest.mark.parametrize(("max_t", "rungs"), [(None, [5, 15, 45]), (20, [5, 15])])
+def test_build_scheduler_hands_asha_every_configured_field(
+    tmp_path: Path, rung_wait: str, max_t: int | None, rungs: list[int]
+) -> None:
+    """Pins each of ``tune.scheduler``'s fields reaching ASHA, with and without the releasing
+    subclass: a dropped keyword falls back to Ray's default (reduction_factor 4, grace_period
+    1, max_t 100, time_attr training_iteration) without a word. None of these values is a
+    default, so each assertion fails when its keyword goes missing."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raydr.tuning.scheduler import ReleasingASHA, build_scheduler
+
+    cfg = _search_cfg(tmp_path, rung_wait, grace_period=5, reduction_factor=3, max_t=max_t)
+    asha = build_scheduler(cfg, "nDCG@10", total_steps=50, pool="pool-t")
+    assert type(asha) is (ReleasingASHA if rung_wait == "until_validated" else ASHAScheduler)
+    assert asha._reduction_factor == 3 and asha._max_t == (max_t or 50)
+    assert (asha._time_attr, asha._metric, asha._mode) == ("validated_step", "nDCG@10", "min")
+    # The rungs are where grace_period and reduction_factor act: grace · rf^k below max_t.
+    assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == rungs
+    assert asha._brackets[0].rf == 3  # the cutoff quantile: the best 1/rf go on
+    if rung_wait == "until_validated":
+        assert asha._pool_name == "pool-t"
+
+
+def test_build_scheduler_median_and_none(tmp_path: Path) -> None:
+    """Pins ``scheduler.type`` choosing the class: none runs every trial to the end (plain
+    FIFO, not an ASHA, which subclasses it), median stops on the validated step."""
+    from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule
+
+    from raydr.tuning.scheduler import build_scheduler
+
+    fifo = build_scheduler(_search_cfg(tmp_path, type="none"), "m", 50, "p")
+    assert type(fifo) is FIFOScheduler
+    median = build_scheduler(_search_cfg(tmp_path, type="median", grace_period=7), "m", 50, "p")
+    assert type(median) is MedianStoppingRule
+    assert (median._time_attr, median._metric, median._mode) == ("validated_step", "m", "min")
+    assert median._grace_period == 7
+
+
+@pytest.mark.ray
+def test_pool_stopped_tells_the_pool_of_stopped_trials_only() -> None:
+    """Pins how ``PoolStopped`` tells the two apart: a trial whose closing report says
+    ``trial_complete`` ended on its own and keeps its queued checkpoints (the pool hears
+    nothing); one the scheduler stopped is reported, as ``cancel`` or ``stopped`` by the policy.
+    The pool is a real named actor in raydr's namespace that records what it is told."""
+    import ray
+    from ray.tune.experiment import Trial
+
+    from raydr.tuning.callbacks import PoolStopped
+    from raydr.validation.pool import NAMESPACE
+
+    if ray.is_initialized():
+        pytest.skip("needs a Ray of its own")
+
+    @ray.remote(num_cpus=0)
+    class Told:
+        def __init__(self) -> None:
+            self.heard: list[tuple] = []
+
+        def cancel(self, trial: str, why: str) -> None:
+            self.heard.append(("cancel", trial))
+
+        def stopped(self, trial: str) -> None:
+            self.heard.append(("stopped", trial))
+
+        def said(self) -> list[tuple]:
+            return self.heard
+
+    ray.init(address="local", num_cpus=1, object_store_memory=80_000_000, include_dashboard=False)
+    try:
+        pool = Told.options(name="pool-t", namespace=NAMESPACE).remote()
+        completed = Trial("__fake", stub=True, trial_id="done")
+        completed.update_last_result({"trial_complete": 1, "step": 20, "validated_step": 20})
+        stopped = Trial("__fake", stub=True, trial_id="cut")
+        stopped.update_last_result({"step": 9, "validated_step": 8})
+        for cancel in (True, False):
+            callback = PoolStopped("pool-t", cancel=cancel)
+            callback.on_trial_complete(0, [completed, stopped], completed)
+            callback.on_trial_complete(1, [completed, stopped], stopped)
+        assert ray.get(pool.said.remote()) == [("cancel", "cut"), ("stopped", "cut")]
+        # No pool (a search without validation): nothing to tell, and no error.
+        PoolStopped("no-such-pool", cancel=True).on_trial_complete(2, [stopped], stopped)
+    finally:
+        ray.shutdown()
