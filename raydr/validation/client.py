@@ -89,6 +89,10 @@ class PoolNegatives:
     _request: Any = field(default=None, init=False, repr=False)  # ObjectRef of the answer
     _fetch: Any = field(default=None, init=False, repr=False)  # ObjectRef of the index
     _asked_at: float = field(default=-1e18, init=False, repr=False)
+    # Draws served from the index, by the sampler that made them: the report says which ran.
+    _drawn: dict[str, int] = field(
+        default_factory=lambda: {"softmax": 0, "topk": 0}, init=False, repr=False
+    )
 
     @classmethod
     def for_run(cls, cfg: RaydrConfig, pool: str, trial: str) -> PoolNegatives | None:
@@ -144,16 +148,25 @@ class PoolNegatives:
         if index is None or not index.knows(query_id):
             return None
         if self.mining.sampling == "softmax":
+            self._drawn["softmax"] += 1
             return index.sample(query_id, n, self.mining.temperature, rng, exclude)
+        self._drawn["topk"] += 1
         top = index.top(query_id, self.mining.depth, exclude)
         return [top[i] for i in rng.choice(len(top), size=n, replace=False)]
 
     def describe(self, step: int) -> dict[str, Any]:
+        drawn = {f"dynamic_draws_{kind}": n for kind, n in self._drawn.items()}
         if self._index is None:
-            return {"negatives_source": "fallback", "index_step": -1, "staleness_steps": -1}
+            return {
+                "negatives_source": "fallback",
+                "index_step": -1,
+                "staleness_steps": -1,
+                **drawn,
+            }
         snap = self._index.snapshot
         return {
             "negatives_source": "dynamic",
+            **drawn,
             **snap.describe(),
             "staleness_steps": step - snap.step,  # steps since the index's encoder
             "docs_staleness_steps": step - snap.base_step,  # since its last full re-encode

@@ -235,6 +235,8 @@ def test_training_draws_from_the_published_index_and_reports_its_staleness(
     assert m["negatives_source"] == "dynamic"
     assert m["index_step"] in {0, 10, 20, 30}  # published before the last step
     assert m["staleness_steps"] == 40 - m["index_step"]
+    # The configured sampler drew them: softmax over the index, never its top-k.
+    assert m["dynamic_draws_softmax"] > 0 and m["dynamic_draws_topk"] == 0, m
     assert len(done) == 4
 
 
