@@ -121,7 +121,9 @@ class AdaptiveMarginLoss(nn.Module):
             diff = margin.unsqueeze(-1) - targets.unsqueeze(1)  # (B, G-1, N)
         errors = _error(diff, self.error)
         if keep is not None:
-            return errors[keep].mean()
+            # A batch whose every negative is judged relevant gives no evidence: 0, never the
+            # NaN of an empty mean (DDP would all-reduce it into every worker's weights).
+            return errors[keep].sum() / keep.sum().clamp(min=1)
         return errors.mean()
 
 

@@ -157,6 +157,18 @@ def test_in_batch_leaves_out_negatives_judged_relevant_to_the_query(target) -> N
     assert abs(want - unmasked) > 1e-2  # the mask matters on this batch
 
 
+def test_a_batch_whose_every_negative_is_judged_gives_zero_not_nan() -> None:
+    """Every pair masked (the one negative is judged relevant to the one query): the loss is 0
+    with zero gradients; an empty mean would be NaN and poison the all-reduced weights."""
+    q = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    p = torch.tensor([[0.8, 0.6], [0.6, 0.8]], requires_grad=True)
+    loss = AdaptiveMarginLoss(in_batch=True, cross_batch=False)
+    value = loss(q, p, torch.tensor([10, 11]), torch.tensor([[10, 11]]))
+    value.backward()
+    assert value.item() == 0.0
+    assert torch.equal(q.grad, torch.zeros_like(q)) and torch.equal(p.grad, torch.zeros_like(p))
+
+
 def _masked_worker(rank: int, store: str, out: str) -> None:
     """Rank ``rank`` of a 2-process gloo group: query ``rank`` and its group, cross batch."""
     torch.set_num_threads(1)  # two processes on a small machine
