@@ -267,6 +267,9 @@ def test_retention_keeps_a_resumable_newest_through_a_kill_and_a_rerun(
         mode="json"
     )
     tree["training"]["keep"] = {"best": 1, "newest": 1}  # the default
+    # The ledger under this test's folder: the default `runs/` is the checkout's, where an
+    # earlier run's ledger would close this run's checkpoints before they were validated.
+    tree["output_dir"] = str(tmp_path / "runs")
     tree["validation"] = {"enabled": True, "num_actors": 1, "num_cpus": 0, "num_gpus": 0}
     cfg = config.build(tree, "t").with_absolute_paths()
     pool = start_pool(cfg)
