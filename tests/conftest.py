@@ -18,39 +18,11 @@ SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 32-wide BERT with a 200-word WordPiece vocab, saved in HF format."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    """A 2-layer, 32-wide BERT over the topic words, saved in HF format."""
+    from raydr.testing.synthetic import tiny_bert
 
-    out = tmp_path_factory.mktemp("tiny-bert")
-    words = sorted({w for text in _TOPIC_WORDS.values() for w in text.split()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    fast.save_pretrained(out)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config, add_pooling_layer=False).save_pretrained(out)
-    return out
+    words = {w for text in _TOPIC_WORDS.values() for w in text.split()}
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words)
 
 
 # Five topics with disjoint vocabularies: lexical (BM25) retrieval is easy and checkable.

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from raydr.config import RaydrConfig
+from raydr.data.store import TrainingData
 
 
 class CheckpointHook(Protocol):
@@ -53,5 +54,6 @@ class LoopContext:
     cfg: RaydrConfig  # resolved once at the driver (local paths absolute); never re-validated
     storage: str  # Ray Train storage root: checkpoints land at <storage>/<name>/<dir_name>
     threads: int  # torch threads per worker (Ray starts workers with one)
+    data: TrainingData  # the memory-mapped rows and passages (built by the driver)
     hook: CheckpointHook | None = None  # None: train without validation
     negatives: NegativeSource | None = None  # None: the static negatives of training.negatives

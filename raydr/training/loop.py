@@ -31,6 +31,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from raydr.data.groups import sample_group, shard
+    from raydr.data.store import PassageStore, RowStore
     from raydr.dist import pin_cpus
     from raydr.losses import MemoryBank, build_loss
     from raydr.model.encoder import resolve_dtype
@@ -48,12 +49,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     dtype = resolve_dtype(cfg.model.dtype, device)
 
-    # --- data: every worker builds the same rows; ``shard`` gives each a disjoint slice.
-    rows, passage_of = _training_data(cfg)
+    # --- data: memory-mapped (raydr.data.store), so a worker reads the rows and passages of
+    # its batches, never the whole corpus; ``shard`` gives each rank a disjoint slice. A doc's
+    # integer is its position in the store, the same on every rank, so losses can tell which
+    # passages are judged relevant to which query (a duplicate positive is never a negative).
+    rows, passages = RowStore(ctx.data.rows), PassageStore(ctx.data.passages)
     source = ctx.negatives  # None: the static negatives of training.negatives
-    # Docs as integers, the same on every rank, so losses can tell which passages are judged
-    # relevant to which query (a duplicate positive is never a negative), across workers too.
-    doc_index = {doc: i for i, doc in enumerate(sorted(passage_of))}
 
     # --- model: from the latest checkpoint when Ray restarts us, else from model.name.
     resume = ray.train.get_checkpoint()
@@ -90,22 +91,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if i % tcfg.grad_accum == 0:
                 _seed(cfg.seed, rank, step + 1)
             idx = batches[i]
+            batch = [rows[j] for j in idx]
             epoch_rows += world * tcfg.batch_size
             if source is None:
                 groups = [
-                    sample_group(rows[j], int(j), epoch, cfg.seed, tcfg.group_size) for j in idx
+                    sample_group(row, int(j), epoch, cfg.seed, tcfg.group_size)
+                    for row, j in zip(batch, idx, strict=True)
                 ]
             else:
                 source.poll()  # picks up a newer index if one has landed; never waits
                 groups = [
-                    _dynamic_group(rows[j], int(j), epoch, step, cfg, source, doc_index)
-                    for j in idx
+                    _dynamic_group(row, int(j), epoch, step, cfg, source, passages)
+                    for row, j in zip(batch, idx, strict=True)
                 ]
-            q_ids, q_mask = tokenize([rows[j].query for j in idx], cfg.model.query_max_length)
-            docs = [d for g in groups for d in g]
-            p_ids, p_mask = tokenize([passage_of[d] for d in docs], cfg.model.passage_max_length)
-            p_doc = torch.tensor([doc_index[d] for d in docs], device=device)  # (B*G,)
-            q_pos = _judged([rows[j].positives for j in idx], doc_index, device)  # (B, P)
+            q_ids, q_mask = tokenize([row.query for row in batch], cfg.model.query_max_length)
+            docs = passages.positions([d for g in groups for d in g])
+            p_ids, p_mask = tokenize(passages.texts(docs), cfg.model.passage_max_length)
+            p_doc = torch.from_numpy(docs).to(device)  # (B*G,)
+            q_pos = _judged([row.positives for row in batch], passages, device)  # (B, P)
             active = bank is not None and bank.active(step + 1)
             in_bank = bank.newest(bank_rows) if active else None
             last_micro = (i + 1) % tcfg.grad_accum == 0
@@ -201,7 +204,7 @@ def _index_note(source, step: int) -> str:
     return f", negatives from the index of step {info['index_step']} ({info['staleness_steps']} steps stale)"
 
 
-def _dynamic_group(row, j: int, epoch: int, step: int, cfg, source, doc_index) -> list[str]:
+def _dynamic_group(row, j: int, epoch: int, step: int, cfg, source, passages) -> list[str]:
     """Positive first, then negatives from the newest published index. Before the first index
     lands: the row's static negatives when mined, else docs drawn at random."""
     import numpy as np
@@ -216,36 +219,21 @@ def _dynamic_group(row, j: int, epoch: int, step: int, cfg, source, doc_index) -
     if negatives is None and len(set(row.negatives)) >= need:
         negatives = sample_group(row, j, epoch, cfg.seed, need + 1)[1:]
     if negatives is None:
-        docs = list(doc_index)  # doc_index is in sorted order: the same draw on every rank
-        negatives = []
-        for k in rng.permutation(len(docs)):
-            if docs[k] not in exclude:
-                negatives.append(docs[k])
-                if len(negatives) == need:
-                    break
+        # Distinct positions drawn without a pass over the corpus (numpy samples few of many
+        # by a set, not a permutation); enough that the excluded ones can be dropped.
+        banned = set(passages.positions(sorted(exclude), missing=-1).tolist())
+        picks = rng.choice(
+            len(passages), size=min(len(passages), need + len(banned)), replace=False
+        )
+        negatives = [passages.doc_id(k) for k in picks if int(k) not in banned][:need]
     return [positive, *negatives]
 
 
-def _judged(positives: list[tuple[str, ...]], doc_index: dict[str, int], device) -> torch.Tensor:
-    """Each query's judged-relevant doc indices, padded with -1 → (B, P)."""
-    ids = [[doc_index.get(d, -1) for d in pos] for pos in positives]
+def _judged(positives: list[tuple[str, ...]], passages, device) -> torch.Tensor:
+    """Each query's judged-relevant doc positions, padded with -1 → (B, P)."""
+    ids = [passages.positions(pos, missing=-1).tolist() for pos in positives]
     width = max(map(len, ids))
     return torch.tensor([row + [-1] * (width - len(row)) for row in ids], device=device)
-
-
-def _training_data(cfg: RaydrConfig) -> tuple[list, dict[str, str]]:
-    """→ (training rows of ``training.split`` with their negatives, ``{doc_id: passage text}``)."""
-    from raydr.data.groups import build_rows, check_group_size, load_negatives
-    from raydr.data.tables import load_corpus
-    from raydr.data.text import passage_texts
-
-    tcfg = cfg.training
-    negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
-    rows = build_rows(cfg.data.path, tcfg.split, negatives)
-    if tcfg.mining.source != "dynamic":  # dynamic rows take their negatives from the index
-        check_group_size(rows, tcfg.group_size, str(tcfg.negatives))
-    corpus = load_corpus(cfg.data.path)
-    return rows, dict(zip(corpus["doc_id"].to_pylist(), passage_texts(corpus), strict=True))
 
 
 def _starting_point(cfg: RaydrConfig, resume, num_rows: int, world: int):

@@ -86,6 +86,7 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raydr.data import store
     from raydr.training import checkpoint
     from raydr.training.loop import train_loop_per_worker
 
@@ -100,6 +101,7 @@ def build_trainer(
         cfg=cfg,
         storage=storage,
         threads=max(1, int(resources.get("CPU", 1))),
+        data=store.ensure(cfg.data.path, tcfg.split, tcfg.negatives),
         hook=hook,
         negatives=negatives,
     )

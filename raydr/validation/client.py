@@ -182,6 +182,7 @@ class InlineHook:
     subset: list[str] | None
     trial: str
     _validator: Any = field(default=None, init=False, repr=False)
+    _ledger: Ledger | None = field(default=None, init=False, repr=False)
 
     def on_checkpoint(self, step: int, uri: str) -> None:
         import torch
@@ -190,8 +191,9 @@ class InlineHook:
 
         if self._validator is None:  # built on first use, in the worker, then kept warm
             self._validator = Validator(self.cfg, self.subset, threads=torch.get_num_threads())
+            self._ledger = Ledger.for_run(self.cfg)  # read once: this hook writes its trial's rows
         metrics = self._validator.validate(uri, step)
-        ledger = Ledger.for_run(self.cfg)
+        ledger = self._ledger
         ledger.append(done_row(self.trial, step, uri, metrics))
         # training.keep, as the pool applies it: the ledger decides what stays.
         from raydr.validation import retention

@@ -7,8 +7,15 @@ row into what Ray Tune receives (``report_metrics``). Every reader goes through 
 A checkpoint is *pending* from intake until a *done*, *failed* or *cancelled* row closes it
 (cancelled: its trial was stopped by the scheduler before a validator took it, under
 ``tune.stopped_checkpoints=cancel``), so a restarted pool knows what is still owed; the first
-closing row is final (exactly one outcome per checkpoint). Each append is one ``write`` of one line followed by fsync; a crash can only leave
-a torn last line, which readers skip and the next writer cuts off.
+closing row is final (exactly one outcome per checkpoint). Each append is one ``write`` of one
+line followed by fsync; a crash can only leave a torn last line, which readers skip and the next
+writer cuts off.
+
+A ``Ledger`` reads its file once, when first asked, and from then on keeps the rows and the
+state in memory, adding what it appends: the pool (the one writer) answers every ``submit``,
+long-poll and release from memory, so a call costs the same at the thousandth checkpoint as at
+the first. A reader that must see another process's appends makes a new ``Ledger`` (or calls
+``reload``).
 """
 
 from __future__ import annotations
@@ -94,6 +101,9 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
+        self._rows: list[Row] | None = None  # read on first use, then kept up to date
+        self._state: dict[Key, Row] = {}
+        self.reads = 0  # times the file was read (the pool's should stay at one)
 
     @classmethod
     def for_run(cls, cfg: RaydrConfig) -> Ledger:
@@ -129,11 +139,34 @@ class Ledger:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if self._rows is not None:  # after the write: memory never runs ahead of the file
+            self._rows.append(row)
+            self._take(row)
         return row
 
     def rows(self) -> list[Row]:
-        """Every row in order. A torn *last* line (a crash mid-append; the event it described
-        did not complete) is skipped; a damaged line anywhere else is an error naming it."""
+        """Every row in order (the file as read once, plus what this ledger appended since)."""
+        if self._rows is None:
+            self.reload()
+        return list(self._rows)
+
+    def reload(self) -> None:
+        """Read the file again: what other processes appended becomes visible."""
+        self._rows = self._read()
+        self._state = {}
+        for row in self._rows:
+            self._take(row)
+
+    def _take(self, row: Row) -> None:
+        key = (row["trial"], int(row["step"]))
+        if self._state.get(key, {}).get("status") in CLOSED:
+            return  # closed rows are final: exactly one outcome per checkpoint
+        self._state[key] = row
+
+    def _read(self) -> list[Row]:
+        """The file's rows. A torn *last* line (a crash mid-append; the event it described did
+        not complete) is skipped; a damaged line anywhere else is an error naming it."""
+        self.reads += 1
         if not self.path.exists():
             return []
         text = self.path.read_text(encoding="utf-8", errors="replace")
@@ -159,14 +192,11 @@ class Ledger:
         return out
 
     def state(self) -> dict[Key, Row]:
-        """The latest row per (trial, step): what is pending, done or failed now."""
-        latest: dict[Key, Row] = {}
-        for row in self.rows():
-            key = (row["trial"], int(row["step"]))
-            if latest.get(key, {}).get("status") in CLOSED:
-                continue  # closed rows are final: exactly one outcome per checkpoint
-            latest[key] = row
-        return latest
+        """The latest row per (trial, step): what is pending, done or failed now. A view kept
+        up to date in memory: callers must not change it."""
+        if self._rows is None:
+            self.reload()
+        return self._state
 
     def results(self, trial: str | None = None) -> list[Row]:
         """Done rows (with metrics), by trial then step."""

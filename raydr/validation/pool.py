@@ -326,6 +326,11 @@ class ValidationPool:
     async def results(self, trial: str | None = None) -> list[dict[str, Any]]:
         return self.ledger.results(trial)
 
+    async def ledger_reads(self) -> int:
+        """Times the pool read its ledger file: once at start, whatever the run's length."""
+        await self._start()
+        return self.ledger.reads
+
     async def close(self) -> None:
         """Stop dispatching (call before killing the pool, so it exits without noise)."""
         if self._started:

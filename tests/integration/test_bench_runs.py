@@ -81,3 +81,21 @@ def test_bench_gpu_runs_in_cpu_mode_and_says_no_gpu_was_lent(
     }
     # Until the last metric: the training loop at least (the pool may finish after it).
     assert payload["time_to_last_metric_s"]["pool"] >= 0.99 * runs["pool"]["training_loop_s"]
+
+
+def test_bench_scale_measures_the_smallest_size_and_cleans_up(tmp_path: Path) -> None:
+    out, work = tmp_path / "scale.json", tmp_path / "work"
+    argv = ["bench", "scale", "--sizes", "3000", "--queries", "64", "--steps", "2"]
+    assert main([*argv, "--work", str(work), "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0
+    (size,) = payload["sizes"]
+    assert size["passages"] == 3000 and payload["machine"]["cpu"]
+    now, before = size["train_worker"], size["train_worker_holding_the_corpus"]
+    assert now["peak_rss_mb"] > 0 and before["peak_rss_mb"] > 0
+    assert size["store_build"]["disk_mb"] > 0 and size["bm25_mining"]["s"] > 0
+    # The ledger at its 1,000th checkpoint: the pool's state is in memory, the file read once.
+    ledger = payload["ledger"]
+    assert ledger["file_reads_after_the_1000th_submit"] == 1
+    assert ledger["lookup_ms_in_memory"] < ledger["lookup_ms_rereading_the_file"]
+    assert not work.exists(), "the corpora and checkpoints were left on disk"

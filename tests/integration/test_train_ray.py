@@ -179,6 +179,20 @@ class _KillAfterCommit:
         pass
 
 
+def _without_the_dataset(loop_config: dict) -> None:
+    """The loop in a worker that cannot read the dataset's tables: only the memory-mapped
+    store the driver built (a worker's memory must not grow with the corpus)."""
+    from raydr.data import tables
+    from raydr.training.loop import train_loop_per_worker
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a training worker read a whole dataset table")
+
+    for name in ("load_corpus", "load_queries", "load_qrels"):
+        setattr(tables, name, refuse)
+    train_loop_per_worker(loop_config)
+
+
 def test_killed_worker_resumes_from_checkpoint(
     reference: dict, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
 ) -> None:
@@ -191,7 +205,9 @@ def test_killed_worker_resumes_from_checkpoint(
     cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, negatives, **_RESUMABLE)
     marker = tmp_path / "killed-once"
     # Killed after step 3: mid-epoch 1, whose first half (2 of its 4 rows) is already consumed.
-    result = build_trainer(cfg, hook=_KillAfterCommit(3, str(marker))).fit()
+    # Its workers read the memory-mapped store, never a whole table, and still match.
+    hook = _KillAfterCommit(3, str(marker))
+    result = build_trainer(cfg, hook=hook, loop=_without_the_dataset).fit()
     assert marker.exists(), "the worker was never killed"
     assert result.metrics["step"] == 6
     # Restarted from the last checkpoint committed before the kill: not 0, not a later one.

@@ -142,6 +142,27 @@ def test_a_stopped_trials_queued_checkpoints_are_cancelled_with_one_closing_row_
     ray.kill(pool)
 
 
+def test_the_pool_answers_a_thousand_submits_without_reading_its_ledger_again(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool
+
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1)
+    Ledger.for_run(cfg).append({"trial": "old", "step": 1, "checkpoint": "c", "status": "pending"})
+    pool = start_pool(cfg, retain=False)
+    # A stopped trial's checkpoints are closed at intake: each submit looks the key up,
+    # appends a pending and a cancelled row, and wakes the long polls, with no validation.
+    ray.get(pool.cancel.remote("x", "stopped by the test"))
+    ray.get(pool.cancel.remote("old", "stopped by the test"))  # the owed row from the file
+    for step in range(1, 1001):
+        assert ray.get(pool.submit.remote("x", step, f"/nowhere/{step}")) is False
+    assert ray.get(pool.ledger_reads.remote()) == 1
+    rows = Ledger.for_run(cfg).state()
+    assert sum(r["status"] == "cancelled" for (t, _), r in rows.items() if t == "x") == 1000
+    ray.kill(pool)
+
+
 def test_a_courier_delivers_each_done_row_once_in_step_order_then_stops_cleanly(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:

@@ -68,6 +68,33 @@ def test_ledger_state_is_exactly_once_and_tolerates_a_torn_line(tmp_path: Path) 
     assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
+def test_the_ledger_reads_its_file_once_and_keeps_the_same_state_in_memory(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.jsonl"
+    Ledger(path).append({"trial": "a", "step": 0, "checkpoint": "c0", "status": "pending"})
+    ledger = Ledger(path)  # a restarted pool: the row above comes from the file
+    assert ledger.state()[("a", 0)]["status"] == "pending"
+    for step in range(1, 1001):  # what the pool does per checkpoint: look up, take in, close
+        assert ("a", step) not in ledger.state()
+        ledger.append({"trial": "a", "step": step, "checkpoint": f"c{step}", "status": "pending"})
+        status = "done" if step % 3 else "cancelled"
+        row = {"trial": "a", "step": step, "checkpoint": f"c{step}", "status": status}
+        ledger.append({**row, "metrics": {"m": step}} if status == "done" else row)
+    # A closing row after the first is ignored in memory as in the file.
+    ledger.append({"trial": "a", "step": 3, "checkpoint": "c3", "status": "done", "metrics": {}})
+    assert ledger.reads == 1
+    fresh = Ledger(path)
+    assert ledger.state() == fresh.state() and ledger.rows() == fresh.rows()
+    assert ledger.state()[("a", 3)]["status"] == "cancelled"
+    assert [r["step"] for r in ledger.pending()] == [0]
+    # Another process's appends appear after a reload, not before.
+    fresh.append({"trial": "b", "step": 1, "checkpoint": "b1", "status": "pending"})
+    assert ("b", 1) not in ledger.state()
+    ledger.reload()
+    assert ("b", 1) in ledger.state() and ledger.reads == 2
+
+
 def test_a_corrupt_ledger_line_in_the_middle_is_an_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     ledger = Ledger(path)

@@ -1,0 +1,329 @@
+"""``raydr bench scale``: what grows with the corpus, measured at 10^4, 10^5 and 10^6 passages.
+
+For each size it generates a seeded synthetic corpus (``raydr.testing.synthetic``: Zipf words,
+MS MARCO's passage lengths) with a fixed number of training queries, so only the corpus grows,
+and measures, each in a fresh process:
+- ``raydr import-beir`` and BM25 mining (``raydr mine-negatives``): seconds and peak RSS;
+- building the memory-mapped training data (``raydr.data.store``, once per dataset): the same;
+- a real Ray Train worker (tiny model, a few steps, no validation): its peak RSS as the loop
+  reports it, twice in the same run: as the loop is now, and holding what the loop held before
+  the store (every training row, ``{doc_id: passage}`` and ``{doc_id: position}`` for the whole
+  corpus: ``_holding_the_corpus``), the baseline.
+Once, independent of the corpus: the ledger's cost per ``submit`` at the 1,000th checkpoint,
+re-reading the file per call (before) against the state kept in memory (now).
+
+Every slope is fitted to the measured sizes and extrapolated to MS MARCO's 8.8M passages; the
+JSON marks those figures as extrapolated. The work folder (corpora, checkpoints) is deleted at
+the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raydr.verb import Verb
+
+MS_MARCO = 8_841_823
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--queries", type=int, default=512, help="training queries (fixed per size)")
+    p.add_argument("--steps", type=int, default=8, help="training steps per worker run")
+    p.add_argument("--work", type=Path, default=Path("bench-out/scale-work"))
+    p.add_argument("--out", type=Path, default=Path("bench-out/scale.json"))
+    p.add_argument("--keep-work", action="store_true", help="keep the corpora and checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+
+
+# ---------------------------------------------------------------- probes (each its own process)
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _in_fresh_process(fn, *args) -> dict[str, Any]:
+    """``fn(*args)`` in a new process: its peak RSS is its own, not the bench's."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _probe_import(src: str, out: str) -> dict[str, Any]:
+    from raydr.data.beir import import_beir
+
+    t0 = time.perf_counter()
+    import_beir(src, out, overwrite=True)
+    return {"s": time.perf_counter() - t0, "peak_rss_mb": _peak_mb()}
+
+
+def _probe_mine(data: str, out: str) -> dict[str, Any]:
+    from raydr.config import BM25Config
+    from raydr.mining.bm25_negatives import mine_bm25_negatives
+
+    t0 = time.perf_counter()
+    mine_bm25_negatives(data, "train", out, depth=8, cfg=BM25Config())
+    return {"s": time.perf_counter() - t0, "peak_rss_mb": _peak_mb()}
+
+
+def _probe_store(data: str, negatives: str) -> dict[str, Any]:
+    from raydr.data import store
+
+    t0 = time.perf_counter()
+    td = store.ensure(data, "train", negatives)
+    disk = sum(f.stat().st_size for f in Path(td.passages).iterdir()) + Path(td.rows).stat().st_size
+    return {"s": time.perf_counter() - t0, "peak_rss_mb": _peak_mb(), "disk_mb": disk / 2**20}
+
+
+def _holding_the_corpus(loop_config: dict[str, Any]) -> None:
+    """The loop as it is, in a worker that first loads what the loop held before the store:
+    the baseline of the same run (a copy of the removed ``_training_data``)."""
+    from raydr.data.groups import build_rows, load_negatives
+    from raydr.data.tables import load_corpus
+    from raydr.data.text import passage_texts
+    from raydr.training.loop import train_loop_per_worker
+
+    cfg = loop_config["ctx"].cfg
+    negatives = load_negatives(cfg.training.negatives)
+    rows = build_rows(cfg.data.path, cfg.training.split, negatives)
+    corpus = load_corpus(cfg.data.path)
+    passage_of = dict(zip(corpus["doc_id"].to_pylist(), passage_texts(corpus), strict=True))
+    doc_index = {doc: i for i, doc in enumerate(sorted(passage_of))}
+    del corpus  # the old loop kept the dicts, not the Arrow table
+    train_loop_per_worker(loop_config)
+    assert rows and passage_of and doc_index  # held to the end, as the old loop held them
+
+
+def _train_worker(cfg, baseline: bool) -> dict[str, Any]:
+    from raydr.training.trainer import fit
+
+    t0 = time.perf_counter()
+    result = fit(cfg, loop=_holding_the_corpus if baseline else None)
+    if result.error is not None:
+        raise RuntimeError(f"the training run failed: {result.error}")
+    return {"s": time.perf_counter() - t0, "peak_rss_mb": result.metrics["peak_rss_mb"]}
+
+
+def _ledger_figures(work: Path, checkpoints: int = 1000) -> dict[str, Any]:
+    """Per-``submit`` cost at the ``checkpoints``-th checkpoint: a fresh read of the file (what
+    every submit, long poll and release did before) against the state kept in memory."""
+    from raydr.validation.ledger import Ledger, done_row, pending_row
+
+    path = work / "ledger" / "rows.jsonl"
+    path.unlink(missing_ok=True)
+    ledger = Ledger(path)
+    ledger.pending()  # what the pool reads at start
+    metrics = {"nDCG@10": 0.5, "RR@10": 0.4, "R@100": 0.9}
+    for step in range(1, checkpoints):  # per checkpoint, what the pool does: look up, take in
+        assert ("t", step) not in ledger.state()
+        ledger.append(pending_row("t", step, f"/c/{step}"))
+        ledger.append(done_row("t", step, f"/c/{step}", metrics, attempts=1))
+    key = ("t", checkpoints)
+
+    def timed(fn, repeat: int = 20) -> float:
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - t0) / repeat * 1e3
+
+    before_ms = timed(lambda: key in Ledger(path).state())
+    reads = ledger.reads
+    now_ms = timed(lambda: key in ledger.state())
+    ledger.append(pending_row("t", checkpoints, f"/c/{checkpoints}"))
+    return {
+        "checkpoints": checkpoints,
+        "file_bytes": path.stat().st_size,
+        "lookup_ms_rereading_the_file": before_ms,
+        "lookup_ms_in_memory": now_ms,
+        "file_reads_during_the_run": reads,
+        "file_reads_after_the_1000th_submit": ledger.reads,
+    }
+
+
+# ---------------------------------------------------------------- one size
+
+
+def _config(work: Path, data: Path, model: Path, negatives: Path, steps: int, name: str):
+    from raydr import config
+
+    tree = {
+        "name": name,
+        "output_dir": str(work / "runs"),
+        "model": {
+            "name": str(model),
+            "dtype": "fp32",
+            "query_max_length": 16,
+            "passage_max_length": 128,  # the tiny BERT's positions
+        },
+        "data": {"path": str(data), "split": "train"},
+        "training": {
+            "split": "train",
+            "negatives": str(negatives),
+            "group_size": 4,
+            "batch_size": 16,
+            "max_steps": steps,
+            "checkpoint_every": steps,
+            "num_workers": 1,
+            "storage_path": str(work / "storage"),
+            "keep": {"best": None},
+        },
+        "validation": {"enabled": False},
+        "ray": {"num_cpus": 2, "object_store_memory": 200 * 1024**2},
+    }
+    return config.build(tree, "raydr bench scale").with_absolute_paths()
+
+
+def _one_size(n: int, args: argparse.Namespace, model: Path) -> dict[str, Any]:
+    from raydr.testing.synthetic import synthetic_beir
+    from raydr.training.trainer import prepare
+
+    work = args.work / f"n{n}"
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.perf_counter()
+    src = synthetic_beir(work / "beir", n, args.queries, seed=args.seed)
+    made_s = time.perf_counter() - t0
+    data, negatives = work / "data", work / "negatives.parquet"
+    row: dict[str, Any] = {"passages": n, "generate_s": made_s}
+    row["import"] = _in_fresh_process(_probe_import, str(src), str(data))
+    shutil.rmtree(src)  # the Parquet copy is what the rest reads
+    row["bm25_mining"] = _in_fresh_process(_probe_mine, str(data), str(negatives))
+    row["store_build"] = _in_fresh_process(_probe_store, str(data), str(negatives))
+    cfg = _config(work, data, model, negatives, args.steps, f"scale-{n}")
+    prepare(cfg)
+    row["train_worker"] = _train_worker(cfg, baseline=False)
+    base = _config(work, data, model, negatives, args.steps, f"scale-{n}-baseline")
+    row["train_worker_holding_the_corpus"] = _train_worker(base, baseline=True)
+    print(
+        f"{n:>9} passages: worker peak RSS {row['train_worker']['peak_rss_mb']:.0f} MB "
+        f"(holding the corpus {row['train_worker_holding_the_corpus']['peak_rss_mb']:.0f} MB); "
+        f"import {row['import']['s']:.1f} s, BM25 {row['bm25_mining']['s']:.1f} s, "
+        f"store {row['store_build']['s']:.1f} s",
+        flush=True,
+    )
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
+# ---------------------------------------------------------------- the command
+
+_SERIES = {
+    "train worker peak RSS (MB)": ("train_worker", "peak_rss_mb"),
+    "train worker holding the corpus, peak RSS (MB)": (
+        "train_worker_holding_the_corpus",
+        "peak_rss_mb",
+    ),
+    "import s": ("import", "s"),
+    "import peak RSS (MB)": ("import", "peak_rss_mb"),
+    "BM25 mining s": ("bm25_mining", "s"),
+    "BM25 mining peak RSS (MB)": ("bm25_mining", "peak_rss_mb"),
+    "store build s": ("store_build", "s"),
+    "store build peak RSS (MB)": ("store_build", "peak_rss_mb"),
+    "store disk (MB)": ("store_build", "disk_mb"),
+}
+
+
+def extrapolate(sizes: list[int], values: list[float], to: int = MS_MARCO) -> dict[str, float]:
+    """A straight line through the measured points (least squares), read off at ``to``."""
+    if len(sizes) < 2:
+        return {}
+    slope, intercept = np.polyfit(np.asarray(sizes, float), np.asarray(values, float), 1)
+    return {
+        "per_million": float(slope * 1e6),
+        "at_8.8M_extrapolated": float(intercept + slope * to),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from raydr.bench.common import machine, publish
+    from raydr.errors import RaydrError
+    from raydr.testing.synthetic import tiny_bert, vocabulary
+
+    sizes = sorted(set(args.sizes))
+    if sizes[0] < args.queries:
+        raise RaydrError(f"--sizes: {sizes[0]} passages cannot hold --queries {args.queries}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = tiny_bert(args.work / "tiny-bert", vocabulary())
+    try:
+        rows = [_one_size(n, args, model) for n in sizes]
+        ledger = _ledger_figures(args.work)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if not args.keep_work:
+            shutil.rmtree(args.work, ignore_errors=True)
+    fits = {name: extrapolate(sizes, [r[a][b] for r in rows]) for name, (a, b) in _SERIES.items()}
+    now, before = (
+        [r[key]["peak_rss_mb"] for r in rows]
+        for key in ("train_worker", "train_worker_holding_the_corpus")
+    )
+    payload = {
+        "machine": machine(),
+        "model": "tiny BERT (2 layers, 32 wide), fp32",
+        "queries": args.queries,
+        "steps": args.steps,
+        "sizes": rows,
+        "growth_smallest_to_largest": {
+            "train_worker": now[-1] / now[0],
+            "train_worker_holding_the_corpus": before[-1] / before[0],
+        },
+        "ledger": ledger,
+        "fits": fits,
+        "notes": "at_8.8M figures are straight-line extrapolations of the measured sizes",
+    }
+    figures = {
+        f"worker peak RSS x{sizes[-1] // sizes[0]} corpus, now": now[-1] / now[0],
+        f"worker peak RSS x{sizes[-1] // sizes[0]} corpus, holding the corpus": before[-1]
+        / before[0],
+        "ledger reads after the 1000th submit": ledger["file_reads_after_the_1000th_submit"],
+        "ledger lookup ms, re-reading the file": ledger["lookup_ms_rereading_the_file"],
+        "ledger lookup ms, in memory": ledger["lookup_ms_in_memory"],
+    }
+    publish(payload, args.out, figures, plot)
+    return 0
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raydr.atomic import save_figure
+
+    rows = payload["sizes"]
+    n = [r["passages"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = [
+        ("training worker peak RSS (MB)", ["train_worker", "train_worker_holding_the_corpus"]),
+        ("driver-side, once: seconds", ["import", "bm25_mining", "store_build"]),
+        ("driver-side, once: peak RSS (MB)", ["import", "bm25_mining", "store_build"]),
+    ]
+    for ax, (title, keys) in zip(axes, panels, strict=True):
+        field = "s" if "seconds" in title else "peak_rss_mb"
+        for key in keys:
+            ax.plot(n, [r[key][field] for r in rows], marker="o", label=key.replace("_", " "))
+        ax.set_xscale("log")
+        ax.set_xlabel("passages")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"raydr bench scale on {payload['machine']['cpu']}")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+VERBS = (
+    Verb("scale", "memory and time against corpus size (synthetic corpora)", add_arguments, run),
+)
