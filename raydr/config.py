@@ -197,6 +197,11 @@ class MiningConfig(Section):
     poll_s: float = Field(
         2.0, gt=0, description="how often a worker asks the pool for a newer index (never waits)"
     )
+    index_dtype: Literal["fp16", "fp32"] = Field(
+        "fp16",
+        description="the published index's embeddings: fp16 halves its bytes; top-k and softmax "
+        "draws stay exact over the stored (rounded) embeddings",
+    )
 
 
 class KeepConfig(Section):

@@ -171,7 +171,7 @@ def main(args: argparse.Namespace) -> None:
         ridge: _fidelity(emb, refreshes, steps, args.landmark_grid, ridge)
         for ridge in sorted({0.0, args.ridge})
     }
-    t_sample = _sampler_cost(emb[steps[len(steps) // 2]], rows, doc_ids, judged, n_q)
+    t_sample = _sampler_cost(emb[steps[len(steps) // 2]], rows, judged, n_q)
     payload = {
         "benchmark": "mining",
         "machine": machine(),
@@ -296,14 +296,14 @@ def _shared_encode(cfg, n_docs: int, per_passage_s: float) -> dict[str, Any]:
     }
 
 
-def _sampler_cost(emb_step: dict, rows, doc_ids, judged, n_q: int) -> dict[str, Any]:
+def _sampler_cost(emb_step: dict, rows, judged, n_q: int) -> dict[str, Any]:
     """Docs scored per query and time per query: exact top-30, and one softmax draw (τ=0.05),
     through the k-means clusters of one real checkpoint's embeddings."""
     from raydr.mining.dynamic import NegativeIndex, default_clusters, refresh
 
     docs = emb_step["docs"]
     qids = [r.query_id for r in rows]
-    snap = refresh(0, doc_ids, docs, qids, emb_step["queries"], default_clusters(len(docs)))
+    snap = refresh(0, docs, qids, emb_step["queries"], default_clusters(len(docs)))
     index = NegativeIndex(snap)
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"clusters": len(snap.clusters.sizes)}
@@ -311,7 +311,7 @@ def _sampler_cost(emb_step: dict, rows, doc_ids, judged, n_q: int) -> dict[str, 
         index.scored = 0
         t0 = time.perf_counter()
         for i in range(n_q):
-            exclude = [doc_ids[j] for j in judged[i]]
+            exclude = judged[i]  # positions in the order the embeddings are in
             if what == "top30":
                 index.top(qids[i], 30, exclude)
             else:

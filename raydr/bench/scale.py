@@ -42,6 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out/scale.json"))
     p.add_argument("--keep-work", action="store_true", help="keep the corpora and checkpoints")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--scatter-max",
+        type=int,
+        default=100_000,
+        help="largest size whose full-corpus metric is timed with 1, 2 and 4 shards",
+    )
 
 
 # ---------------------------------------------------------------- probes (each its own process)
@@ -111,7 +117,112 @@ def _train_worker(cfg, baseline: bool) -> dict[str, Any]:
     result = fit(cfg, loop=_holding_the_corpus if baseline else None)
     if result.error is not None:
         raise RuntimeError(f"the training run failed: {result.error}")
-    return {"s": time.perf_counter() - t0, "peak_rss_mb": result.metrics["peak_rss_mb"]}
+    return {
+        "s": time.perf_counter() - t0,
+        "peak_rss_mb": result.metrics["peak_rss_mb"],
+        "checkpoint": result.checkpoint.path,
+    }
+
+
+def _scatter_figures(cfg, checkpoint: str, step: int, shards=(1, 2, 4)) -> dict[str, Any]:
+    """Time to one checkpoint's full-corpus metric (the training queries over every passage)
+    with its corpus split over 1, 2 and 4 validator-shaped tasks; the metric must agree."""
+    from raydr.validation.scatter import full_corpus_metrics
+
+    metric = cfg.eval.primary_metric
+    # Warm-up, untimed: Ray starts the task processes (and they import torch) once; a pool's
+    # validators are warm too.
+    full_corpus_metrics(cfg, checkpoint, step, max(shards), split="train")
+    out: dict[str, Any] = {}
+    for k in shards:
+        t0 = time.perf_counter()
+        got = full_corpus_metrics(cfg, checkpoint, step, k, split="train")
+        out[str(k)] = {"s": time.perf_counter() - t0, metric: got[metric]}
+    one = out[str(shards[0])]
+    for k in shards[1:]:
+        out[str(k)]["time_over_one"] = out[str(k)]["s"] / one["s"]
+        out[str(k)]["metric_diff"] = abs(out[str(k)][metric] - one[metric])
+    return out
+
+
+class _IndexReader:
+    """A process that reads a published index as a training worker does."""
+
+    def read(self, refs: list) -> dict[str, Any]:
+        return _read_index(refs)
+
+
+def _read_index(refs: list) -> dict[str, Any]:
+    """What a training worker does with a published index: fetch it, make it searchable.
+    → its private memory added, and the file mapped under the embeddings."""
+    import os
+
+    import ray
+
+    from raydr.mining.dynamic import NegativeIndex
+    from raydr.testing.memory import mapped_file, private_mb
+
+    before = private_mb()
+    index = NegativeIndex(ray.get(refs[0]))
+    index.top(index.snapshot.query_ids[0], 30)
+    return {
+        "pid": os.getpid(),
+        "private_mb_added": private_mb() - before,
+        "mapped": mapped_file(index.snapshot.doc_emb.ctypes.data),
+    }
+
+
+def _index_figures(n: int, seed: int, dim: int = 384) -> dict[str, Any]:
+    """The dynamic-negatives index of ``n`` docs x ``dim``: bytes, build time and query time,
+    fp16 against fp32 in the same layout; and two readers on this node (one copy or two)."""
+    import ray
+
+    from raydr.mining.dynamic import NegativeIndex, default_clusters, refresh
+
+    queries = 64 if n <= 100_000 else 8  # a query scores nearly every doc: seconds at 10^6
+    rng = np.random.default_rng(seed)
+    # Docs around 256 directions, like a trained encoder's: the cluster bounds have work to do.
+    centres = rng.normal(size=(256, dim)).astype(np.float32)
+    emb = centres[rng.integers(256, size=n)] + rng.normal(size=(n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    q = emb[rng.integers(n, size=queries)] + 0.05 * rng.normal(size=(queries, dim))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)  # as the encoder's (model.normalize: true)
+    qids = [f"q{i}" for i in range(queries)]
+    out: dict[str, Any] = {"docs": n, "dim": dim, "clusters": default_clusters(n)}
+    snaps = {}
+    for dtype in ("fp32", "fp16"):
+        t0 = time.perf_counter()
+        snap = snaps[dtype] = refresh(0, emb, qids, q, default_clusters(n), seed, dtype=dtype)
+        built = time.perf_counter() - t0
+        index = NegativeIndex(snap)
+        timings = {}
+        for what in ("top30", "softmax7"):
+            index.scored, t0 = 0, time.perf_counter()
+            for i, qid in enumerate(qids):
+                if what == "top30":
+                    index.top(qid, 30, exclude=[i])
+                else:
+                    index.sample(qid, 7, 0.05, np.random.default_rng(i), exclude=[i])
+            timings[what] = {
+                "ms_per_query": (time.perf_counter() - t0) * 1e3 / queries,
+                "docs_scored_fraction": index.scored / (queries * n),
+            }
+        out[dtype] = {"bytes": snap.nbytes, "build_s": built, **timings}
+    out["fp16_over_fp32_bytes"] = out["fp16"]["bytes"] / out["fp32"]["bytes"]
+    # The index as it was before fp16: float32 embeddings, int64 cluster order and assignment.
+    before = snaps["fp32"].nbytes + 12 * n
+    out["fp16_over_the_float32_index_before_bytes"] = out["fp16"]["bytes"] / before
+    if ray.is_initialized():
+        ref = ray.put(snaps["fp16"])
+        actors = [ray.remote(num_cpus=0)(_IndexReader).remote() for _ in range(2)]
+        readers = ray.get([a.read.remote([ref]) for a in actors])
+        for actor in actors:
+            ray.kill(actor)
+        del ref
+        out["readers"] = readers
+        out["copies_per_node"] = len({r["mapped"] for r in readers if r["mapped"]})
+        out["fp16_mb"] = out["fp16"]["bytes"] / 2**20
+    return out
 
 
 def _ledger_figures(work: Path, checkpoints: int = 1000) -> dict[str, Any]:
@@ -177,7 +288,9 @@ def _config(work: Path, data: Path, model: Path, negatives: Path, steps: int, na
             "storage_path": str(work / "storage"),
             "keep": {"best": None},
         },
-        "validation": {"enabled": False},
+        # Off for training; the scatter figures use its shape: one CPU a shard, no GPU here.
+        "validation": {"enabled": False, "num_cpus": 1, "num_gpus": 0, "split": "train"},
+        "eval": {"depth": 100},
         "ray": {"num_cpus": 2, "object_store_memory": 200 * 1024**2},
     }
     return config.build(tree, "raydr bench scale").with_absolute_paths()
@@ -203,11 +316,18 @@ def _one_size(n: int, args: argparse.Namespace, model: Path) -> dict[str, Any]:
     row["train_worker"] = _train_worker(cfg, baseline=False)
     base = _config(work, data, model, negatives, args.steps, f"scale-{n}-baseline")
     row["train_worker_holding_the_corpus"] = _train_worker(base, baseline=True)
+    row["mining_index"] = _index_figures(n, args.seed)
+    if n <= args.scatter_max:
+        ckpt = row["train_worker"].pop("checkpoint")
+        row["full_corpus_metric"] = _scatter_figures(cfg, ckpt, args.steps)
+    row["train_worker"].pop("checkpoint", None)
+    row["train_worker_holding_the_corpus"].pop("checkpoint", None)
     print(
         f"{n:>9} passages: worker peak RSS {row['train_worker']['peak_rss_mb']:.0f} MB "
         f"(holding the corpus {row['train_worker_holding_the_corpus']['peak_rss_mb']:.0f} MB); "
         f"import {row['import']['s']:.1f} s, BM25 {row['bm25_mining']['s']:.1f} s, "
-        f"store {row['store_build']['s']:.1f} s",
+        f"store {row['store_build']['s']:.1f} s; mining index fp16/fp32 "
+        f"{row['mining_index']['fp16_over_fp32_bytes']:.3f}",
         flush=True,
     )
     if not args.keep_work:
@@ -283,7 +403,14 @@ def run(args: argparse.Namespace) -> int:
         "fits": fits,
         "notes": "at_8.8M figures are straight-line extrapolations of the measured sizes",
     }
+    largest = rows[-1]["mining_index"]
+    timed = [r for r in rows if "full_corpus_metric" in r]
     figures = {
+        f"mining index bytes at {sizes[-1]}, fp16 / fp32": largest["fp16_over_fp32_bytes"],
+        f"mining index bytes at {sizes[-1]}, fp16 / the float32 index before": largest[
+            "fp16_over_the_float32_index_before_bytes"
+        ],
+        "mining index copies per node (2 readers)": largest.get("copies_per_node"),
         f"worker peak RSS x{sizes[-1] // sizes[0]} corpus, now": now[-1] / now[0],
         f"worker peak RSS x{sizes[-1] // sizes[0]} corpus, holding the corpus": before[-1]
         / before[0],
@@ -291,6 +418,13 @@ def run(args: argparse.Namespace) -> int:
         "ledger lookup ms, re-reading the file": ledger["lookup_ms_rereading_the_file"],
         "ledger lookup ms, in memory": ledger["lookup_ms_in_memory"],
     }
+    if timed:
+        scatter = timed[-1]["full_corpus_metric"]
+        for k, v in scatter.items():
+            if "time_over_one" in v:
+                figures[f"full-corpus metric at {timed[-1]['passages']}, {k} shards / 1"] = v[
+                    "time_over_one"
+                ]
     publish(payload, args.out, figures, plot)
     return 0
 
@@ -305,20 +439,58 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
     rows = payload["sizes"]
     n = [r["passages"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    panels = [
-        ("training worker peak RSS (MB)", ["train_worker", "train_worker_holding_the_corpus"]),
-        ("driver-side, once: seconds", ["import", "bm25_mining", "store_build"]),
-        ("driver-side, once: peak RSS (MB)", ["import", "bm25_mining", "store_build"]),
-    ]
-    for ax, (title, keys) in zip(axes, panels, strict=True):
-        field = "s" if "seconds" in title else "peak_rss_mb"
-        for key in keys:
-            ax.plot(n, [r[key][field] for r in rows], marker="o", label=key.replace("_", " "))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+
+    def lines(ax, title, series) -> None:
+        for label, xs, ys in series:
+            ax.plot(xs, ys, marker="o", label=label)
         ax.set_xscale("log")
         ax.set_xlabel("passages")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
+
+    lines(
+        axes[0, 0],
+        "training worker peak RSS (MB)",
+        [
+            (k.replace("_", " "), n, [r[k]["peak_rss_mb"] for r in rows])
+            for k in ("train_worker", "train_worker_holding_the_corpus")
+        ],
+    )
+    for ax, field, title in (
+        (axes[0, 1], "s", "driver side, once: seconds"),
+        (axes[0, 2], "peak_rss_mb", "driver side, once: peak RSS (MB)"),
+    ):
+        keys = ("import", "bm25_mining", "store_build")
+        lines(ax, title, [(k.replace("_", " "), n, [r[k][field] for r in rows]) for k in keys])
+    lines(
+        axes[1, 0],
+        "mining index (MB), 384 dims",
+        [(d, n, [r["mining_index"][d]["bytes"] / 2**20 for r in rows]) for d in ("fp32", "fp16")],
+    )
+    lines(
+        axes[1, 1],
+        "mining index: ms per query",
+        [
+            (f"{d} {what}", n, [r["mining_index"][d][what]["ms_per_query"] for r in rows])
+            for d in ("fp32", "fp16")
+            for what in ("top30", "softmax7")
+        ],
+    )
+    timed = [r for r in rows if "full_corpus_metric" in r]
+    shards = sorted({k for r in timed for k in r["full_corpus_metric"]}, key=int)
+    lines(
+        axes[1, 2],
+        "time to a full-corpus metric (s)",
+        [
+            (
+                f"{k} shard(s)",
+                [r["passages"] for r in timed],
+                [r["full_corpus_metric"][k]["s"] for r in timed],
+            )
+            for k in shards
+        ],
+    )
     fig.suptitle(f"raydr bench scale on {payload['machine']['cpu']}")
     fig.tight_layout()
     save_figure(fig, path)

@@ -53,23 +53,33 @@ class Split:
 
 def load_split(data_dir: str | Path, split: str) -> Split:
     """Queries are those judged in ``split``, in id order; the corpus is whole."""
-    from raydr.data.tables import load_corpus, load_qrels, load_queries
+    from raydr.data.tables import load_corpus
     from raydr.data.text import passage_texts
 
     corpus = load_corpus(data_dir)
+    return Split(
+        doc_ids=corpus.column("doc_id").to_pylist(),
+        passages=passage_texts(corpus),
+        **split_queries(data_dir, split),
+    )
+
+
+def split_queries(data_dir: str | Path, split: str) -> dict:
+    """The judged queries of ``split`` in id order, without the corpus: ``query_ids``,
+    ``queries`` (texts) and ``qrels``."""
+    from raydr.data.tables import load_qrels, load_queries
+
     qrels = load_qrels(data_dir, split)
     queries = load_queries(data_dir)
     text_of = dict(
         zip(queries.column("query_id").to_pylist(), queries.column("text").to_pylist(), strict=True)
     )
     query_ids = sorted(q for q in qrels if q in text_of)
-    return Split(
-        doc_ids=corpus.column("doc_id").to_pylist(),
-        passages=passage_texts(corpus),
-        query_ids=query_ids,
-        queries=[text_of[q] for q in query_ids],
-        qrels={q: qrels[q] for q in query_ids},
-    )
+    return {
+        "query_ids": query_ids,
+        "queries": [text_of[q] for q in query_ids],
+        "qrels": {q: qrels[q] for q in query_ids},
+    }
 
 
 def carve_queries(qrels: pa.Table, n: int, seed: int, what: str) -> tuple[pa.Table, pa.Table]:

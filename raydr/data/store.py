@@ -1,17 +1,22 @@
-"""Memory-mapped training data: passages by doc id, training rows by index.
+"""Training data on disk: passages by position, training rows by index, built once.
 
 A training worker used to hold the whole corpus as a dict of Python strings (and a second dict
 from doc id to position), plus every training row: its memory grew with the corpus, several GB
-per worker at MS MARCO's 8.8M passages, times the workers of a node. Both now live in Arrow IPC
-files that the driver builds once (``ensure``) and every worker memory-maps: a worker reads the
-pages of the rows and passages in its batches and nothing else, and the operating system shares
-those pages between the workers of a node (and can drop them: they are file-backed, not heap).
+per worker at MS MARCO's 8.8M passages, times the workers of a node. The driver now builds two
+Arrow IPC files once (``ensure``), and a worker reads from them only what its batches need:
+- a passage's text is read with ``pread`` at its byte range, never memory-mapped: a mapped
+  page counts in the worker's RSS once touched (and Linux maps the pages around each fault
+  too), so a long run would map the whole corpus; a read goes through the page cache, which
+  the node's workers share and the kernel can drop;
+- the rows carry their docs as positions, resolved on the driver, so a worker never needs the
+  corpus's ids at all. Rows grow with the training queries, not the corpus; they are
+  memory-mapped.
 
 Why files and not Ray Data: the loop's sharding is a pure function of (seed, epoch, rank, rows
 consumed), which is what makes a resumed run bit-identical to an uninterrupted one, also after
 an elastic restart changed the world size. Ray Data's ``streaming_split`` hands blocks to
-whichever worker asks first, and cannot seek to row r of an epoch's permutation; a
-memory-mapped table gives random access to row r at a page's cost.
+whichever worker asks first and cannot seek to row r of an epoch's permutation; a row file
+gives random access to row r.
 
 Layout (under ``store_dir(data)``; a source that changed gets a new name, the stale one is
 removed):
@@ -19,8 +24,9 @@ removed):
   sorted by doc id, so a doc's position is the rank of its id (what the loop's integer doc
   index always was: masks and memory-bank rows in older checkpoints mean the same docs);
   ``keys.npy``, the 64-bit hashes of the ids, sorted, and ``slots.npy``, each hash's position:
-  a lookup is a binary search in two memory-mapped arrays, checked against the id itself.
-- ``rows-<split>-<fingerprint>.arrow``: query_id, query, positives, negatives (doc ids).
+  the driver's id → position lookup, a binary search checked against the id itself.
+- ``rows-<split>-<fingerprint>.arrow``: query_id, query, positives, negatives (positions), and
+  query_doc, the position of a doc whose id is the query's (BEIR's self-match; -1 if none).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,25 +43,37 @@ import pyarrow as pa
 
 from raydr.errors import RaydrError
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 _BATCH = 1 << 16  # rows per record batch: position → (batch, offset) with no search
 _PASSAGES = pa.schema([("doc_id", pa.string()), ("passage", pa.string())])
 _ROWS = pa.schema(
     [
         ("query_id", pa.string()),
         ("query", pa.string()),
-        ("positives", pa.list_(pa.string())),
-        ("negatives", pa.list_(pa.string())),
+        ("positives", pa.list_(pa.int64())),
+        ("negatives", pa.list_(pa.int64())),
+        ("query_doc", pa.int64()),
     ]
 )
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Where a run's memory-mapped training data is: what the driver hands every worker."""
+    """Where a run's training data is: what the driver hands every worker."""
 
     passages: str  # a passages-<fingerprint>/ folder
     rows: str  # a rows-<split>-<fingerprint>.arrow file
+
+
+@dataclass(frozen=True)
+class Row:
+    """A training row with its docs as passage positions (sorted, as ``build_rows`` sorts ids)."""
+
+    query_id: str
+    query: str
+    positives: tuple[int, ...]
+    negatives: tuple[int, ...]
+    query_doc: int  # the doc whose id is the query's, or -1: never a negative (BEIR)
 
 
 def doc_key(doc_id: str) -> int:
@@ -67,39 +85,75 @@ def _keys(doc_ids: Sequence[str]) -> np.ndarray:
     return np.fromiter((doc_key(d) for d in doc_ids), dtype=np.uint64, count=len(doc_ids))
 
 
-class _Batches:
-    """A memory-mapped Arrow IPC file of equal-sized record batches, read by row position."""
+def _open_ipc(path: Path) -> tuple[pa.MemoryMappedFile, pa.ipc.RecordBatchFileReader]:
+    try:
+        mapped = pa.memory_map(str(path), "r")
+        return mapped, pa.ipc.open_file(mapped)
+    except (OSError, pa.ArrowException) as exc:
+        raise RaydrError(f"{path}: unreadable training-data store ({exc}); delete it") from None
 
-    def __init__(self, path: Path) -> None:
-        try:
-            reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-            self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-        except (OSError, pa.ArrowException) as exc:
-            raise RaydrError(f"{path}: unreadable training-data store ({exc}); delete it") from None
-        self.path = path
-        self.num_rows = sum(b.num_rows for b in self._batches)
 
-    def value(self, column: int, position: int):
-        batch, offset = divmod(int(position), _BATCH)
-        return self._batches[batch].column(column)[offset].as_py()
+class _Strings:
+    """A string column of an Arrow IPC file, read by position with ``pread``.
+
+    The file is mapped once, to find each record batch's offsets and data buffers (their
+    addresses minus the mapping's base are their places in the file); after that a value
+    costs two small reads and maps nothing."""
+
+    def __init__(self, path: Path, column: int) -> None:
+        mapped, reader = _open_ipc(path)
+        mapped.seek(0)
+        base = mapped.read_buffer(mapped.size()).address  # the batches are slices of this map
+        self._where = []  # per batch: (file offset of its int32 offsets, of its bytes)
+        self.num_rows = 0
+        for i in range(reader.num_record_batches):
+            array = reader.get_batch(i).column(column)
+            _, offsets, data = array.buffers()
+            start = offsets.address - base + 4 * array.offset
+            self._where.append((start, data.address - base if data is not None else 0))
+            self.num_rows += len(array)
+        mapped.close()  # from here on only the file descriptor is used
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def __getitem__(self, position: int) -> str:
+        if not 0 <= position < self.num_rows:
+            raise IndexError(f"position {position} outside 0..{self.num_rows - 1}")
+        batch, i = divmod(int(position), _BATCH)
+        offsets, data = self._where[batch]
+        lo, hi = np.frombuffer(os.pread(self._fd, 8, offsets + 4 * i), dtype="<i4")
+        return os.pread(self._fd, int(hi - lo), data + int(lo)).decode("utf-8")
 
 
 class PassageStore:
-    """The corpus, memory-mapped: doc id ↔ position (doc-id order) and passage text."""
+    """The corpus in doc-id order: ``texts`` for the workers, ``positions`` for the driver."""
 
     def __init__(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        self._table = _Batches(folder / "passages.arrow")
-        self._keys = np.load(folder / "keys.npy", mmap_mode="r")
-        self._slots = np.load(folder / "slots.npy", mmap_mode="r")
-        self.folder = folder
+        self.folder = Path(folder)
+        self._ids = _Strings(self.folder / "passages.arrow", 0)
+        self._texts = _Strings(self.folder / "passages.arrow", 1)
+        self._keys = self._slots = None  # the id lookup: loaded when first asked
 
     def __len__(self) -> int:
-        return self._table.num_rows
+        return self._texts.num_rows
+
+    def texts(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        """The passages (title + " " + text) at ``positions``."""
+        return [self._texts[p] for p in positions]
+
+    def doc_id(self, position: int) -> str:
+        return self._ids[position]
 
     def positions(self, doc_ids: Sequence[str], missing: int | None = None) -> np.ndarray:
         """Each doc's position → (n,) int64. An id not in the corpus is ``missing`` when given,
         else an error naming it."""
+        if self._keys is None:
+            self._keys = np.load(self.folder / "keys.npy", mmap_mode="r")
+            self._slots = np.load(self.folder / "slots.npy", mmap_mode="r")
         keys = _keys(doc_ids)
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         out = np.asarray(self._slots[at], dtype=np.int64)
@@ -111,28 +165,23 @@ class PassageStore:
                 out[i] = missing
         return out
 
-    def doc_id(self, position: int) -> str:
-        return self._table.value(0, position)
-
-    def texts(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        """The passages (title + " " + text) at ``positions``."""
-        return [self._table.value(1, p) for p in positions]
-
 
 class RowStore:
-    """Training rows, memory-mapped: ``store[j]`` is row j as a ``TrainRow``."""
+    """Training rows, memory-mapped (they grow with the queries, not the corpus):
+    ``store[j]`` is row j."""
 
     def __init__(self, path: str | Path) -> None:
-        self._table = _Batches(Path(path))
+        _, reader = _open_ipc(Path(path))
+        self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
 
     def __len__(self) -> int:
-        return self._table.num_rows
+        return sum(b.num_rows for b in self._batches)
 
-    def __getitem__(self, j: int):
-        from raydr.data.groups import TrainRow
-
-        t = self._table
-        return TrainRow(t.value(0, j), t.value(1, j), tuple(t.value(2, j)), tuple(t.value(3, j)))
+    def __getitem__(self, j: int) -> Row:
+        batch, i = divmod(int(j), _BATCH)
+        values = [column[i].as_py() for column in self._batches[batch].columns]
+        query_id, query, positives, negatives, query_doc = values
+        return Row(query_id, query, tuple(positives), tuple(negatives), query_doc)
 
 
 # ---------------------------------------------------------------- building (the driver)
@@ -174,7 +223,10 @@ def ensure(data_dir: str | Path, split: str, negatives: str | Path | None) -> Tr
     return TrainingData(passages=str(passages), rows=str(rows))
 
 
-def ensure_passages(data_dir: Path, root: Path) -> Path:
+def ensure_passages(data_dir: str | Path, root: Path | None = None) -> Path:
+    """Build (once) the passages of a dataset; → their folder."""
+    data_dir = Path(data_dir)
+    root = root or store_dir(data_dir)
     folder = root / f"passages-{_stamp(data_dir / 'corpus.parquet')}"
     if not (folder / "keys.npy").is_file():
         _build_passages(data_dir, folder)
@@ -228,41 +280,40 @@ def _build_rows(
     from raydr.atomic import atomic_path
     from raydr.data.groups import build_rows, load_negatives
 
-    rows = build_rows(data_dir, split, load_negatives(negatives) if negatives else None)
-    kept = []
-    for row in rows:
+    rows = []
+    for row in build_rows(data_dir, split, load_negatives(negatives) if negatives else None):
         # Qrels may judge docs the corpus lacks (some BEIR sets do): they stay out of the
         # groups (a worker could not read them) and mask nothing.
-        known = passages.positions(row.positives, missing=-1) >= 0
-        if not known.any():
+        positives = passages.positions(row.positives, missing=-1)
+        if (positives < 0).all():
             raise RaydrError(
                 f"{data_dir / 'qrels' / (split + '.parquet')}: query {row.query_id!r} has no "
                 f"positive in corpus.parquet (e.g. {row.positives[0]!r}); expected judged docs "
                 f"of the corpus"
             )
-        unknown = passages.positions(row.negatives, missing=-1) < 0
-        if unknown.any():
-            doc = row.negatives[int(np.flatnonzero(unknown)[0])]
+        mined = passages.positions(row.negatives, missing=-1)
+        if (mined < 0).any():
+            doc = row.negatives[int(np.flatnonzero(mined < 0)[0])]
             raise RaydrError(
                 f"{negatives}: query {row.query_id!r} has negative {doc!r}, which is not in "
                 f"{data_dir / 'corpus.parquet'}; mine negatives from this dataset"
             )
-        positives = tuple(d for d, k in zip(row.positives, known, strict=True) if k)
-        kept.append(
-            row if len(positives) == len(row.positives) else replace(row, positives=positives)
-        )
-    rows = kept
-    strings = pa.list_(pa.string())
+        # Positions are ranks of sorted ids, so the ids' order (build_rows sorts positives;
+        # sampling sorts negatives) is the positions' order: the same groups are drawn.
+        query_doc = int(passages.positions([row.query_id], missing=-1)[0])
+        rows.append((row.query_id, row.query, positives[positives >= 0], mined, query_doc))
+    lists = pa.list_(pa.int64())
     with atomic_path(path) as tmp:
         _write_ipc(
             tmp,
             _ROWS,
             (
                 [
-                    pa.array([r.query_id for r in part]),
-                    pa.array([r.query for r in part]),
-                    pa.array([list(r.positives) for r in part], strings),
-                    pa.array([list(r.negatives) for r in part], strings),
+                    pa.array([r[0] for r in part]),
+                    pa.array([r[1] for r in part]),
+                    pa.array([r[2] for r in part], lists),
+                    pa.array([r[3] for r in part], lists),
+                    pa.array([r[4] for r in part], pa.int64()),
                 ]
                 for part in (rows[i : i + _BATCH] for i in range(0, len(rows), _BATCH))
             ),

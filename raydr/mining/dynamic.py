@@ -6,7 +6,13 @@ The pieces, each small and testable on its own:
 - ``Snapshot``: what one checkpoint's encoder made of the corpus (doc embeddings, the training
   queries' embeddings) plus the k-means clusters over the docs. Immutable: publishing a new
   index means handing out a new snapshot, never editing the old one, so a reader holds either
-  the old index or the new one, never a mix.
+  the old index or the new one, never a mix. Docs are positions in the training data's passage
+  order (``raydr.data.store``: sorted doc ids), so a snapshot carries no ids. Embeddings are
+  stored in fp16 by default (``training.mining.index_dtype``): half of fp32's bytes. Every
+  score, bound and cluster is computed from the stored values, so top-k and softmax draws are
+  exact over the stored index; against fp32 they differ only by the rounding of each component
+  (relative 2⁻¹¹). The arrays travel through Ray's object store, which hands the training
+  workers of a node one shared, read-only copy (no worker copies them).
 - ``NystromMap``: between full refreshes only ``k`` landmark docs are re-encoded. Their move
   ``Δ_L = Y_L - X_L`` is extended to every stale doc through the landmarks:
   ``X + X X_L⁺ Δ_L = X + K_NL K_LL⁺ Δ_L`` (linear kernel, ``K_NL = X X_Lᵀ``), the Nyström
@@ -46,13 +52,18 @@ class Clusters:
 
     centroids: np.ndarray  # (C, D) float32
     radius: np.ndarray  # (C,) max ‖x - μ_c‖ over the cluster's members
-    order: np.ndarray  # (N,) doc positions, grouped by cluster
+    order: np.ndarray  # (N,) int32 doc positions, grouped by cluster
     offsets: np.ndarray  # (C + 1,) cluster c's members are order[offsets[c]:offsets[c + 1]]
-    assign: np.ndarray  # (N,) each doc's cluster
 
     @property
     def sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    def assignment(self) -> np.ndarray:
+        """(N,) each doc's cluster (not stored: the workers never need it)."""
+        assign = np.empty(len(self.order), dtype=np.int32)
+        assign[self.order] = np.repeat(np.arange(len(self.sizes), dtype=np.int32), self.sizes)
+        return assign
 
 
 def kmeans_assign(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
@@ -75,9 +86,11 @@ def clusters_from(emb: np.ndarray, assign: np.ndarray) -> Clusters:
     """Centroids and radii of a given assignment, over (possibly moved) embeddings.
 
     Used after a Nyström correction: the assignment is kept, the geometry follows the docs, so
-    the bounds stay valid for the corrected embeddings."""
+    the bounds stay valid for the corrected embeddings. ``emb`` is the stored index (fp16 or
+    fp32): the bounds hold for the values the search scores."""
+    emb = np.asarray(emb, dtype=np.float32)
     n_clusters = int(assign.max()) + 1 if len(assign) else 0
-    order = np.argsort(assign, kind="stable")
+    order = np.argsort(assign, kind="stable").astype(np.int32)
     sizes = np.bincount(assign, minlength=n_clusters)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     sums = np.zeros((n_clusters, emb.shape[1]), dtype=np.float64)
@@ -87,7 +100,7 @@ def clusters_from(emb: np.ndarray, assign: np.ndarray) -> Clusters:
     radius = np.zeros(n_clusters, dtype=np.float32)
     np.maximum.at(radius, assign, dist.astype(np.float32))
     # A hair of slack: float32 rounding must never make a bound smaller than a true score.
-    return Clusters(centroids, radius + 1e-5, order, offsets, assign)
+    return Clusters(centroids, radius + 1e-5, order, offsets)
 
 
 @dataclass(frozen=True)
@@ -97,43 +110,49 @@ class Snapshot:
     step: int  # checkpoint whose encoder gave the query (and, for a refresh, doc) embeddings
     base_step: int  # the full refresh the doc embeddings derive from (== step for a refresh)
     kind: Kind
-    doc_ids: tuple[str, ...]  # corpus order
-    doc_emb: np.ndarray  # (N, D) float32
+    doc_emb: np.ndarray  # (N, D) float16 or float32; row i is the passage at position i
     query_ids: tuple[str, ...]  # the training queries
-    query_emb: np.ndarray  # (Q, D) float32
+    query_emb: np.ndarray  # (Q, D) same dtype as doc_emb
     clusters: Clusters
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_emb)
 
     @property
     def nbytes(self) -> int:
         c = self.clusters
-        arrays = (self.doc_emb, self.query_emb, c.centroids, c.radius, c.order, c.offsets, c.assign)
+        arrays = (self.doc_emb, self.query_emb, c.centroids, c.radius, c.order, c.offsets)
         return int(sum(a.nbytes for a in arrays))
 
     def describe(self) -> dict[str, int | str]:
         return {"index_step": self.step, "index_base_step": self.base_step, "index_kind": self.kind}
 
 
+DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
 def refresh(
     step: int,
-    doc_ids: Sequence[str],
     doc_emb: np.ndarray,
     query_ids: Sequence[str],
     query_emb: np.ndarray,
     n_clusters: int,
     seed: int = 0,
+    dtype: str = "fp16",
 ) -> Snapshot:
-    """A full refresh: every doc freshly encoded at ``step``, clustered anew."""
-    doc_emb = np.ascontiguousarray(doc_emb, dtype=np.float32)
-    assign = kmeans_assign(doc_emb, n_clusters, seed)
+    """A full refresh: every doc freshly encoded at ``step`` ((N, D), row i the passage at
+    position i), stored as ``dtype``, clustered anew over the stored values."""
+    stored = np.ascontiguousarray(doc_emb, dtype=DTYPES[dtype])
+    assign = kmeans_assign(stored.astype(np.float32), n_clusters, seed)
     return Snapshot(
         step=step,
         base_step=step,
         kind="refresh",
-        doc_ids=tuple(doc_ids),
-        doc_emb=doc_emb,
+        doc_emb=stored,
         query_ids=tuple(query_ids),
-        query_emb=np.ascontiguousarray(query_emb, dtype=np.float32),
-        clusters=clusters_from(doc_emb, assign),
+        query_emb=np.ascontiguousarray(query_emb, dtype=DTYPES[dtype]),
+        clusters=clusters_from(stored, assign),
     )
 
 
@@ -201,18 +220,19 @@ def nystrom_update(
     ``query_emb``: (Q, D) the training queries at ``step``. The landmarks themselves take their
     true fresh embeddings. Always corrects from the full refresh, never from a corrected
     snapshot, so errors do not compound."""
+    dtype = base.doc_emb.dtype
     corrected = NystromMap(base.doc_emb[landmarks], fresh, ridge).apply(base.doc_emb, normalize)
     corrected[landmarks] = fresh
+    corrected = corrected.astype(dtype, copy=False)
     return Snapshot(
         step=step,
         base_step=base.base_step,
         kind="nystrom",
-        doc_ids=base.doc_ids,
         doc_emb=corrected,
         query_ids=base.query_ids,
-        query_emb=np.ascontiguousarray(query_emb, dtype=np.float32),
+        query_emb=np.ascontiguousarray(query_emb, dtype=dtype),
         # Same assignment, geometry recomputed: the bounds hold for the corrected docs.
-        clusters=clusters_from(corrected, base.clusters.assign),
+        clusters=clusters_from(corrected, base.clusters.assignment()),
     )
 
 
@@ -227,25 +247,30 @@ class NegativeIndex:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self._query = {q: i for i, q in enumerate(snapshot.query_ids)}
-        self._doc = {d: i for i, d in enumerate(snapshot.doc_ids)}
         self.scored = 0  # docs scored exactly so far (the search's cost)
 
     def knows(self, query_id: str) -> bool:
         return query_id in self._query
 
-    def _prepare(self, query_id: str, exclude: Iterable[str]):
-        q = self.snapshot.query_emb[self._query[query_id]]
+    def _prepare(self, query_id: str, exclude: Iterable[int]):
+        q = self.snapshot.query_emb[self._query[query_id]].astype(np.float32)
         c = self.snapshot.clusters
         bounds = c.centroids @ q + float(np.linalg.norm(q)) * c.radius  # (C,)
-        banned = {self._doc[d] for d in exclude if d in self._doc}
+        banned = {int(d) for d in exclude}
         return q, bounds, banned
 
     def _members(self, cluster: int) -> np.ndarray:
         c = self.snapshot.clusters
         return c.order[c.offsets[cluster] : c.offsets[cluster + 1]]
 
-    def top(self, query_id: str, depth: int, exclude: Iterable[str] = ()) -> list[str]:
-        """The exact top-``depth`` docs for the query, ``exclude`` left out, best first.
+    def _scores(self, members: np.ndarray, q: np.ndarray) -> np.ndarray:
+        # fp16 rows widened per cluster: numpy has no fast fp16 product, and the full index is
+        # never widened at once.
+        return self.snapshot.doc_emb[members].astype(np.float32) @ q
+
+    def top(self, query_id: str, depth: int, exclude: Iterable[int] = ()) -> list[int]:
+        """The exact top-``depth`` doc positions for the query, ``exclude`` (positions) left
+        out, best first.
 
         Clusters are scored best bound first; the search stops when the ``depth``-th best
         score found beats every unprobed cluster's bound."""
@@ -259,14 +284,13 @@ class NegativeIndex:
             members = self._members(cluster)
             members = members[~np.isin(members, list(banned))] if banned else members
             pos.append(members)
-            scores.append(self.snapshot.doc_emb[members] @ q)
+            scores.append(self._scores(members, q))
             self.scored += len(members)
             found = np.concatenate(scores)
             if len(found) >= depth:
                 kth = np.partition(found, len(found) - depth)[len(found) - depth]
         p, s = np.concatenate(pos), np.concatenate(scores)
-        best = p[np.argsort(-s, kind="stable")[:depth]]
-        return [self.snapshot.doc_ids[i] for i in best]
+        return [int(i) for i in p[np.argsort(-s, kind="stable")[:depth]]]
 
     def sample(
         self,
@@ -274,16 +298,16 @@ class NegativeIndex:
         n: int,
         temperature: float,
         rng: np.random.Generator,
-        exclude: Iterable[str] = (),
+        exclude: Iterable[int] = (),
         slack: float = 0.1,
-    ) -> list[str]:
-        """``n`` distinct docs drawn from softmax(score / temperature) over the corpus,
-        ``exclude`` left out (successive sampling without replacement), exactly.
+    ) -> list[int]:
+        """``n`` distinct doc positions drawn from softmax(score / temperature) over the
+        corpus, ``exclude`` left out (successive sampling without replacement), exactly.
 
         Probing stops once the unprobed clusters' bound mass is at most ``slack`` times the
         probed mass: the smaller ``slack``, the more docs scored and the fewer rejections."""
         q, bounds, banned = self._prepare(query_id, exclude)
-        emb, tau = self.snapshot.doc_emb, temperature
+        tau = temperature
         top = float(bounds.max())
         mass = self.snapshot.clusters.sizes * np.exp((bounds - top) / tau)  # (C,) bound mass
         probed_pos: list[np.ndarray] = []
@@ -294,7 +318,7 @@ class NegativeIndex:
             if probed_mass > 0 and left <= slack * probed_mass:
                 break
             members = self._members(cluster)
-            w = np.exp((emb[members] @ q - top) / tau)
+            w = np.exp((self._scores(members, q) - top) / tau)
             w[np.isin(members, list(banned))] = 0.0
             self.scored += len(members)
             probed_pos.append(members)
@@ -307,7 +331,7 @@ class NegativeIndex:
         tail = np.flatnonzero(unprobed)
         tail_mass = mass[tail]
         picked: list[int] = []
-        available = len(self.snapshot.doc_ids) - len(banned)
+        available = self.snapshot.n_docs - len(banned)
         if n > available:
             raise RaydrError(
                 f"query {query_id!r}: {n} negatives asked for, but only {available} unjudged "
@@ -315,6 +339,12 @@ class NegativeIndex:
             )
         while len(picked) < n:
             z_probed, z_tail = float(weight.sum()), float(tail_mass.sum())
+            if z_probed + z_tail == 0:  # every weight below float64's range: exp(<-745)
+                raise RaydrError(
+                    f"query {query_id!r}: every softmax weight underflowed at "
+                    f"training.mining.temperature={tau}; raise it, or normalise the embeddings "
+                    f"(model.normalize: true)"
+                )
             if rng.random() * (z_probed + z_tail) < z_probed:
                 i = int(rng.choice(len(pos), p=weight / z_probed))
                 picked.append(int(pos[i]))
@@ -323,10 +353,13 @@ class NegativeIndex:
             # An unprobed cluster under its bound; a uniform member; accept by its true score.
             j = int(rng.choice(len(tail), p=tail_mass / z_tail))
             members = self._members(int(tail[j]))
-            d = int(members[rng.integers(len(members))])
+            d_at = int(rng.integers(len(members)))
+            d = int(members[d_at])
             self.scored += 1
-            accept = math.exp((float(emb[d] @ q) - float(bounds[tail[j]])) / tau)
+            accept = math.exp(
+                (float(self._scores(members[d_at : d_at + 1], q)[0]) - float(bounds[tail[j]])) / tau
+            )
             if d in banned or d in picked or rng.random() >= accept:
                 continue  # rejected: draw again from the start (keeps the draw exact)
             picked.append(d)
-        return [self.snapshot.doc_ids[i] for i in picked]
+        return picked

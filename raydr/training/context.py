@@ -39,9 +39,10 @@ class NegativeSource(Protocol):
         """Take a newer index if one has arrived. Must never wait."""
 
     def draw(
-        self, query_id: str, exclude: Collection[str], n: int, rng: np.random.Generator
-    ) -> list[str] | None:
-        """``n`` distinct negatives for the query, none of ``exclude``; None while no index."""
+        self, query_id: str, exclude: Collection[int], n: int, rng: np.random.Generator
+    ) -> list[int] | None:
+        """``n`` distinct negatives for the query as passage positions (``raydr.data.store``),
+        none of ``exclude`` (positions); None while no index."""
 
     def describe(self, step: int) -> dict[str, Any]:
         """Flat report fields: which index served the negatives and how stale it is."""

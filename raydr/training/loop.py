@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's entry point on every worker; ``loop_config["ctx"]`` is a ``LoopContext``."""
+    import numpy as np
     import ray.train
     import ray.train.torch
 
@@ -49,10 +50,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     dtype = resolve_dtype(cfg.model.dtype, device)
 
-    # --- data: memory-mapped (raydr.data.store), so a worker reads the rows and passages of
-    # its batches, never the whole corpus; ``shard`` gives each rank a disjoint slice. A doc's
-    # integer is its position in the store, the same on every rank, so losses can tell which
-    # passages are judged relevant to which query (a duplicate positive is never a negative).
+    # --- data (raydr.data.store): a worker reads the rows and passages of its batches, never
+    # the whole corpus; ``shard`` gives each rank a disjoint slice. Docs are positions in the
+    # store, the same on every rank, so losses can tell which passages are judged relevant to
+    # which query (a duplicate positive is never a negative), across workers too.
     rows, passages = RowStore(ctx.data.rows), PassageStore(ctx.data.passages)
     source = ctx.negatives  # None: the static negatives of training.negatives
 
@@ -105,10 +106,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     for row, j in zip(batch, idx, strict=True)
                 ]
             q_ids, q_mask = tokenize([row.query for row in batch], cfg.model.query_max_length)
-            docs = passages.positions([d for g in groups for d in g])
+            docs = np.array([d for g in groups for d in g], dtype=np.int64)
             p_ids, p_mask = tokenize(passages.texts(docs), cfg.model.passage_max_length)
             p_doc = torch.from_numpy(docs).to(device)  # (B*G,)
-            q_pos = _judged([row.positives for row in batch], passages, device)  # (B, P)
+            q_pos = _judged([row.positives for row in batch], device)  # (B, P)
             active = bank is not None and bank.active(step + 1)
             in_bank = bank.newest(bank_rows) if active else None
             last_micro = (i + 1) % tcfg.grad_accum == 0
@@ -204,7 +205,7 @@ def _index_note(source, step: int) -> str:
     return f", negatives from the index of step {info['index_step']} ({info['staleness_steps']} steps stale)"
 
 
-def _dynamic_group(row, j: int, epoch: int, step: int, cfg, source, passages) -> list[str]:
+def _dynamic_group(row, j: int, epoch: int, step: int, cfg, source, passages) -> list[int]:
     """Positive first, then negatives from the newest published index. Before the first index
     lands: the row's static negatives when mined, else docs drawn at random."""
     import numpy as np
@@ -214,24 +215,23 @@ def _dynamic_group(row, j: int, epoch: int, step: int, cfg, source, passages) ->
     need = cfg.training.group_size - 1
     positive = sample_group(row, j, epoch, cfg.seed, 1)[0]
     rng = np.random.default_rng([cfg.seed, epoch, j, step])
-    exclude = {*row.positives, row.query_id}  # BEIR: a doc with the query's id is not a negative
+    exclude = {*row.positives, row.query_doc} - {-1}  # BEIR: the query's own id is no negative
     negatives = source.draw(row.query_id, exclude, need, rng)
     if negatives is None and len(set(row.negatives)) >= need:
         negatives = sample_group(row, j, epoch, cfg.seed, need + 1)[1:]
     if negatives is None:
         # Distinct positions drawn without a pass over the corpus (numpy samples few of many
         # by a set, not a permutation); enough that the excluded ones can be dropped.
-        banned = set(passages.positions(sorted(exclude), missing=-1).tolist())
         picks = rng.choice(
-            len(passages), size=min(len(passages), need + len(banned)), replace=False
+            len(passages), size=min(len(passages), need + len(exclude)), replace=False
         )
-        negatives = [passages.doc_id(k) for k in picks if int(k) not in banned][:need]
+        negatives = [int(k) for k in picks if int(k) not in exclude][:need]
     return [positive, *negatives]
 
 
-def _judged(positives: list[tuple[str, ...]], passages, device) -> torch.Tensor:
+def _judged(positives: list[tuple[int, ...]], device) -> torch.Tensor:
     """Each query's judged-relevant doc positions, padded with -1 → (B, P)."""
-    ids = [passages.positions(pos, missing=-1).tolist() for pos in positives]
+    ids = [list(pos) for pos in positives]
     width = max(map(len, ids))
     return torch.tensor([row + [-1] * (width - len(row)) for row in ids], device=device)
 

@@ -189,19 +189,14 @@ def _trial_base(cfg: RaydrConfig) -> dict[str, Any]:
 
 
 def confirm_on_full_corpus(cfg: RaydrConfig, pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
-    """Each (checkpoint, step) validated on the full corpus, as Ray tasks shaped like a
-    validator (its CPUs, GPU fraction and custom resources): the search is over, so they
-    spread over everything it held and run side by side."""
-    import ray
+    """Each (checkpoint, step) validated on the full corpus, each split into as many shards as
+    the pool had validators (``raydr.validation.scatter``): the search is over, so its
+    validators' resources are free, and every checkpoint's shards are started at once."""
+    from raydr.validation.scatter import gather, scatter
 
-    from raydr.validation.validator import validate_on_full_corpus
-
-    v = cfg.validation
-    cpus = max(1.0, v.num_cpus)  # a whole core each: nothing else runs now
-    task = ray.remote(validate_on_full_corpus).options(
-        num_cpus=cpus, num_gpus=v.num_gpus, resources=dict(v.resources) or None
-    )
-    return ray.get([task.remote(cfg, path, step, int(cpus)) for path, step in pairs])
+    shards = cfg.validation.num_actors
+    started = [(scatter(cfg, path, shards), step) for path, step in pairs]
+    return [gather(cfg, refs, step) for refs, step in started]
 
 
 def warn_without_state_api() -> None:

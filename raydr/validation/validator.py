@@ -189,7 +189,13 @@ class Validator:
                 corpus[data.subset] = doc_emb  # one encode serves both
             n_clusters = mcfg.clusters or dynamic.default_clusters(n_docs)
             yield dynamic.refresh(
-                step, data.doc_ids, corpus, data.query_ids, query_emb, n_clusters, self.cfg.seed
+                step,
+                corpus,
+                data.query_ids,
+                query_emb,
+                n_clusters,
+                self.cfg.seed,
+                dtype=mcfg.index_dtype,
             )
             return
         landmark = np.empty((len(marks), query_emb.shape[1]), dtype=np.float32)
@@ -204,11 +210,16 @@ class Validator:
         """The training corpus and queries, tokenised once per vocabulary."""
         key = "mining:" + retriever.tokenizer_fingerprint()
         if key not in self._mining:
+            import pyarrow.compute as pc
+
             from raydr.data.groups import build_rows
             from raydr.data.tables import load_corpus
             from raydr.data.text import passage_texts
 
             corpus = load_corpus(self.cfg.data.path)
+            # Doc-id order: an index row is the passage at that position of the training data
+            # (raydr.data.store), which is what the workers' draws name.
+            corpus = corpus.take(pc.sort_indices(corpus, [("doc_id", "ascending")]))
             doc_ids = corpus.column("doc_id").to_pylist()
             rows = build_rows(self.cfg.data.path, self.cfg.training.split)
             where = {d: i for i, d in enumerate(doc_ids)}

@@ -14,6 +14,8 @@ import ray
 from conftest import tiny_job, write_checkpoint
 
 from raydr import config
+from raydr.data import store
+from raydr.mining.dynamic import refresh
 
 pytestmark = pytest.mark.ray
 
@@ -130,7 +132,7 @@ def test_refresh_and_nystrom_share_the_validation_encode_and_publish_atomically(
     ray.get([a.warm.remote() for a in ray.get(pool.actor_handles.remote())])
     assert _published(pool, "t", cfg) is None  # registers the trial: initial index queued
     first = _wait_index(pool, "t", cfg, 0)
-    assert (first.kind, first.step, len(first.doc_ids)) == ("refresh", 0, 40)
+    assert (first.kind, first.step, first.n_docs) == ("refresh", 0, 40)
 
     ckpts = {s: write_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg) for s in (10, 20)}
     ray.get(pool.submit.remote("t", 10, str(ckpts[10])))  # 10 < refresh_every: Nyström
@@ -164,9 +166,27 @@ def test_refresh_and_nystrom_share_the_validation_encode_and_publish_atomically(
         assert time.perf_counter() - t0 < 30
     assert source.describe(25)["index_step"] == 20
     assert source.describe(25)["staleness_steps"] == 5
-    judged = {"bio-0", "bio-1", "q0"}
+    passages = store.PassageStore(store.ensure(tiny_dataset, "test", None).passages)
+    judged = set(passages.positions(["bio-0", "bio-1"]).tolist())
     drawn = source.draw("q0", judged, 2, np.random.default_rng(0))
     assert len(set(drawn)) == 2 and not set(drawn) & judged
+    # The fp16 index travels with no doc ids (positions in the training data's order), and a
+    # worker's searchable view is Ray's read-only buffer, not a copy of it.
+    assert source._index.snapshot.doc_emb.dtype == np.float16
+    ref = _published(pool, "t", cfg)[1]
+    readers = [_Reader.remote() for _ in range(2)]
+    assert all(not w for _, w, _ in ray.get([r.read.remote([ref]) for r in readers]))
+    # One copy per node: an index past Ray's inline size (100 KB) is one object-store file
+    # that the workers of a node map, read-only (this one: 4,000 x 384 fp16, 3 MB).
+    rng = np.random.default_rng(0)
+    big = refresh(0, rng.normal(size=(4000, 384)), ["q0"], rng.normal(size=(1, 384)), 16)
+    big_ref = ray.put(big)
+    seen = ray.get([r.read.remote([big_ref]) for r in readers])
+    assert len({pid for pid, _, _ in seen}) == 2, "the two readers were one process"
+    assert all(not writeable for _, writeable, _ in seen), "a reader holds a private copy"
+    assert len({shared for _, _, shared in seen}) == 1 and "plasma" in seen[0][2]
+    for reader in readers:
+        ray.kill(reader)
     ray.get(pool.close.remote())
     ray.kill(pool)
     # Losing the pool does not stop training: polls keep the index held.
@@ -175,6 +195,22 @@ def test_refresh_and_nystrom_share_the_validation_encode_and_publish_atomically(
         source.poll()
         time.sleep(0.2)
     assert source.describe(30)["index_step"] == 20
+
+
+@ray.remote(num_cpus=0)
+class _Reader:
+    """A process that reads a published index as a training worker does."""
+
+    def read(self, refs: list) -> tuple[int, bool, str]:
+        """(pid, whether the index's doc embeddings are writeable, the file mapped under
+        them): what ``PoolNegatives`` makes of a published snapshot."""
+        import os
+
+        from raydr.mining.dynamic import NegativeIndex
+        from raydr.testing.memory import mapped_file
+
+        emb = NegativeIndex(ray.get(refs[0])).snapshot.doc_emb
+        return os.getpid(), emb.flags.writeable, mapped_file(emb.ctypes.data)
 
 
 def _pool_name(cfg) -> str:
@@ -261,6 +297,7 @@ def test_a_refresh_whose_actor_dies_is_redone_and_the_previous_index_serves_mean
     while not ledger.results("t"):
         assert time.time() < deadline, "no validation row"
         time.sleep(0.02)
+        ledger.reload()  # the pool appends from its own process
     # The metric landed before the corpus encode finished: validation never waits for mining.
     assert _published(pool, "t", cfg)[0] == 0
     ray.kill(actor, no_restart=False)  # a real process kill mid-refresh; Ray restarts it
@@ -272,6 +309,7 @@ def test_a_refresh_whose_actor_dies_is_redone_and_the_previous_index_serves_mean
     assert wait_idle(pool, timeout_s=120, poll_s=0.1)
     snap = _wait_index(pool, "t", cfg, 20)
     assert (snap.kind, snap.base_step) == ("refresh", 20)
+    ledger.reload()
     (row,) = ledger.results("t")  # still exactly one closing row: the redo only mined
     assert row["status"] == "done" and row["attempts"] == 1
     assert row["metrics"]["mining_kind"] == "refresh"

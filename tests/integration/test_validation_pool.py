@@ -311,9 +311,55 @@ def test_a_ledger_write_that_fails_leaves_the_pool_serving_and_the_checkpoint_ow
     # ... and a restarted pool does it: one closing row.
     pool = start_pool(cfg)
     _wait(pool)
+    ledger.reload()  # the restarted pool wrote from its own process
     closing = [r for r in ledger.rows() if r["status"] != "pending"]
     assert [(r["step"], r["status"]) for r in closing] == [(7, "done")]
     ray.kill(pool)
+
+
+def _dies_once(cfg, path, split, passages, lo, hi, threads):
+    """``shard_top`` in a process that dies the first time it runs the shard at ``lo`` = 0
+    (before it answers); each run leaves a mark, so the test can count them."""
+    import os
+
+    from raydr.validation.scatter import shard_top
+
+    marks = Path(cfg.output_dir) / "shard-runs"
+    marks.mkdir(parents=True, exist_ok=True)
+    runs = len(list(marks.glob(f"{lo}-*")))
+    (marks / f"{lo}-{runs}").touch()
+    if lo == 0 and runs == 0:
+        os._exit(1)  # a real process death mid-shard
+    return shard_top(cfg, path, split, passages, lo, hi, threads)
+
+
+def test_a_full_corpus_metric_scattered_over_shards_equals_one_validators(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from ray import cloudpickle
+
+    from raydr.validation.scatter import full_corpus_metrics, gather, scatter
+    from raydr.validation.validator import validate_on_full_corpus
+
+    cloudpickle.register_pickle_by_value(__import__(__name__))
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, num_actors=1, num_cpus=1)
+    ckpt = str(write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 5, cfg))
+    whole = validate_on_full_corpus(cfg, ckpt, 5, 1)
+    for shards in (1, 2, 3):
+        got = full_corpus_metrics(cfg, ckpt, 5, shards)
+        assert got["shards"] == shards
+        for name in cfg.eval.metrics:
+            assert got[name] == pytest.approx(whole[name], abs=1e-4), (shards, name)
+    # A shard whose process dies mid-way is run again, alone; the metric is unchanged.
+    got = gather(cfg, scatter(cfg, ckpt, 3, task=_dies_once), 5)
+    runs = sorted(p.name for p in (tmp_path / "runs" / "shard-runs").iterdir())
+    assert [r.split("-")[1] for r in runs if r.startswith("0-")] == ["0", "1"]
+    assert len([r for r in runs if not r.startswith("0-")]) == 2  # the others, once each
+    for name in cfg.eval.metrics:
+        assert got[name] == pytest.approx(whole[name], abs=1e-4)
+    # A checkpoint that cannot be loaded is one error naming it, not a Ray traceback.
+    with pytest.raises(RaydrError, match="nowhere"):
+        full_corpus_metrics(cfg, str(tmp_path / "nowhere"), 5, 2)
 
 
 def test_bad_validation_input(

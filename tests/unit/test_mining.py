@@ -28,15 +28,8 @@ def _blobs(n: int, dim: int, centres: int, spread: float, seed: int) -> np.ndarr
     return _unit(mu[rng.integers(centres, size=n)] + spread * rng.normal(size=(n, dim)))
 
 
-def _snapshot(docs: np.ndarray, queries: np.ndarray, clusters: int):
-    return refresh(
-        10,
-        [f"d{i}" for i in range(len(docs))],
-        docs,
-        [f"q{i}" for i in range(len(queries))],
-        queries,
-        clusters,
-    )
+def _snapshot(docs: np.ndarray, queries: np.ndarray, clusters: int, dtype: str = "fp32"):
+    return refresh(10, docs, [f"q{i}" for i in range(len(queries))], queries, clusters, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------ Nyström
@@ -99,14 +92,14 @@ def test_nystrom_update_keeps_the_assignment_and_bounds_hold_for_the_corrected_d
     marks = pick_landmarks(len(docs), 64, seed=0)
     snap = nystrom_update(base, 20, marks, moved[marks], queries, normalize=True)
     assert (snap.step, snap.base_step, snap.kind) == (20, 10, "nystrom")
-    np.testing.assert_array_equal(snap.clusters.assign, base.clusters.assign)
+    np.testing.assert_array_equal(snap.clusters.assignment(), base.clusters.assignment())
     np.testing.assert_allclose(snap.doc_emb[marks], moved[marks])  # landmarks are exact
     np.testing.assert_allclose(np.linalg.norm(snap.doc_emb, axis=1), 1.0, atol=1e-5)
     assert base.doc_emb is docs or not np.shares_memory(base.doc_emb, snap.doc_emb)
     c = snap.clusters
     for q in queries:  # no doc scores above its cluster's bound
         bound = c.centroids @ q + np.linalg.norm(q) * c.radius
-        assert np.all(snap.doc_emb @ q <= bound[c.assign] + 1e-6)
+        assert np.all(snap.doc_emb @ q <= bound[c.assignment()] + 1e-6)
 
 
 def test_nystrom_update_leaves_the_base_snapshot_bit_identical() -> None:
@@ -162,34 +155,36 @@ def test_top_is_the_exact_top_k_without_judged_docs_and_prunes_clusters() -> Non
     queries = _unit(np.concatenate([near, rng.normal(size=(25, 24))]))
     index = NegativeIndex(_snapshot(docs, queries, 45))
     for i, q in enumerate(queries):
-        judged = {f"d{int(np.argmax(docs @ q))}"}
+        judged = {int(np.argmax(docs @ q))}
         got = index.top(f"q{i}", 10, exclude=judged)
         scores = docs @ q
-        want = [f"d{j}" for j in np.argsort(-scores, kind="stable") if f"d{j}" not in judged][:10]
+        want = [int(j) for j in np.argsort(-scores, kind="stable") if j not in judged][:10]
         assert got == want
     assert index.scored < 0.5 * len(queries) * len(docs)  # the bounds skipped most clusters
 
 
-@pytest.mark.parametrize("slack", [0.05, 1e9])
-def test_sampler_frequencies_match_the_softmax(slack: float) -> None:
+@pytest.mark.parametrize(("slack", "dtype"), [(0.05, "fp32"), (1e9, "fp32"), (1e9, "fp16")])
+def test_sampler_frequencies_match_the_softmax(slack: float, dtype: str) -> None:
     # A small exact case: 60 docs, 6 clusters. slack=1e9 stops probing after the first cluster,
     # so the rejection branch (unprobed clusters under their bounds) does most of the drawing;
-    # both must be exact.
+    # both must be exact. An fp16 index is exact over its stored (rounded) embeddings.
     rng = np.random.default_rng(7)
     docs = _blobs(60, 8, 4, 0.4, seed=7)
     queries = _unit(rng.normal(size=(1, 8)))
-    index = NegativeIndex(_snapshot(docs, queries, 6))
-    tau, judged = 0.3, {"d0", "d1", "d2"}
+    index = NegativeIndex(_snapshot(docs, queries, 6, dtype))
+    tau, judged = 0.3, {0, 1, 2}
     draws = np.random.default_rng(123)
     counts = np.zeros(len(docs))
     trials = 12000
     for _ in range(trials):
-        counts[int(index.sample("q0", 1, tau, draws, judged, slack)[0][1:])] += 1
-    allowed = np.array([f"d{i}" not in judged for i in range(len(docs))])
+        counts[index.sample("q0", 1, tau, draws, judged, slack)[0]] += 1
+    allowed = np.array([i not in judged for i in range(len(docs))])
     assert counts[~allowed].sum() == 0
 
     def expected(t: float) -> np.ndarray:
-        logits = (docs @ queries[0]).astype(np.float64) / t
+        stored = index.snapshot
+        q = stored.query_emb[0].astype(np.float64)
+        logits = stored.doc_emb.astype(np.float64) @ q / t
         p = np.exp(logits - logits.max()) * allowed
         return trials * p[allowed] / p.sum()
 
@@ -198,11 +193,38 @@ def test_sampler_frequencies_match_the_softmax(slack: float) -> None:
     assert chisquare(counts[allowed], expected(tau * 1.5)).pvalue < 1e-6
 
 
+def test_an_fp16_index_is_half_the_bytes_and_exact_over_what_it_stores() -> None:
+    rng = np.random.default_rng(5)
+    docs = _blobs(3000, 32, 40, 0.05, seed=5)
+    queries = _unit(rng.normal(size=(30, 32)))
+    full, half = (_snapshot(docs, queries, 50, dtype) for dtype in ("fp32", "fp16"))
+    assert half.doc_emb.dtype == np.float16 and half.query_emb.dtype == np.float16
+    assert half.doc_emb.nbytes * 2 == full.doc_emb.nbytes
+    assert half.clusters.order.dtype == np.int32  # no (N,) int64 arrays left to travel
+    stored = half.doc_emb.astype(np.float32)
+    c, index = half.clusters, NegativeIndex(half)
+    for i in range(len(queries)):
+        q = half.query_emb[i].astype(np.float32)
+        # The bounds hold for the stored values: no doc scores above its cluster's bound.
+        bound = c.centroids @ q + np.linalg.norm(q) * c.radius
+        assert np.all(stored @ q <= bound[c.assignment()] + 1e-6)
+        want = [int(j) for j in np.argsort(-(stored @ q), kind="stable")[:10]]
+        assert index.top(f"q{i}", 10) == want
+    # Against fp32 the top-10 differ only where rounding swaps near-ties.
+    overlap = np.mean(
+        [
+            len(set(index.top(f"q{i}", 10)) & set(NegativeIndex(full).top(f"q{i}", 10))) / 10
+            for i in range(len(queries))
+        ]
+    )
+    assert overlap >= 0.9
+
+
 def test_sample_draws_distinct_unjudged_docs_and_refuses_impossible_counts() -> None:
     docs = _blobs(30, 8, 3, 0.3, seed=2)
     index = NegativeIndex(_snapshot(docs, docs[:2], 4))
     rng = np.random.default_rng(0)
-    judged = {f"d{i}" for i in range(10)}
+    judged = set(range(10))
     got = index.sample("q0", 20, 0.05, rng, exclude=judged)
     assert len(set(got)) == 20 and not set(got) & judged
     with pytest.raises(RaydrError, match="21 negatives asked for, but only 20 unjudged"):
@@ -215,7 +237,7 @@ def test_rejection_branch_never_draws_a_doc_twice() -> None:
     docs = _blobs(40, 8, 4, 0.3, seed=2)
     queries = _unit(np.random.default_rng(3).normal(size=(4, 8)))
     index = NegativeIndex(_snapshot(docs, queries, 5))
-    judged = {f"d{i}" for i in range(5)}
+    judged = set(range(5))
     n = 25  # of 35 unjudged docs: most must come from the unprobed clusters, many twice proposed
     c = index.snapshot.clusters
     for i, q in enumerate(queries):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raydr.data import store
-from raydr.data.groups import NEGATIVES, build_rows, load_negatives
+from raydr.data.groups import NEGATIVES, build_rows, load_negatives, sample_group
 from raydr.data.tables import load_corpus
 from raydr.data.text import passage_texts
 from raydr.errors import RaydrError
@@ -41,11 +41,22 @@ def test_passages_are_in_doc_id_order_and_read_back_as_the_table_gives_them(
         passages.positions(["nope"])
 
 
-def test_rows_equal_build_rows(dataset: Path, negatives: Path) -> None:
+def test_rows_name_the_same_docs_and_draw_the_same_groups_as_build_rows(
+    dataset: Path, negatives: Path
+) -> None:
     data = store.ensure(dataset, "test", negatives)
-    rows = store.RowStore(data.rows)
+    rows, passages = store.RowStore(data.rows), store.PassageStore(data.passages)
     want = build_rows(dataset, "test", load_negatives(negatives))
-    assert [rows[j] for j in range(len(rows))] == want
+    assert len(rows) == len(want)
+    for j, old in enumerate(want):
+        row = rows[j]
+        assert (row.query_id, row.query) == (old.query_id, old.query)
+        assert [passages.doc_id(p) for p in row.positives] == list(old.positives)
+        assert [passages.doc_id(p) for p in row.negatives] == list(old.negatives)
+        # Positions are ranks of sorted ids, so seeded sampling draws the very same docs.
+        for epoch in range(3):
+            got = sample_group(row, j, epoch, 0, 4)
+            assert [passages.doc_id(p) for p in got] == sample_group(old, j, epoch, 0, 4)
 
 
 def test_built_once_then_rebuilt_when_the_source_changes(dataset: Path, negatives: Path) -> None:
@@ -100,7 +111,8 @@ def test_a_judged_doc_missing_from_the_corpus_stays_out_of_the_groups(
     pq.write_table(pa.table([table["query_id"], lists], schema=NEGATIVES), clean)
     data = store.ensure(dataset, "test", clean)
     got = {r.query_id: r for r in (store.RowStore(data.rows)[j] for j in range(len(rows)))}
-    assert got[two.query_id].positives == two.positives[1:]
+    passages = store.PassageStore(data.passages)
+    assert [passages.doc_id(p) for p in got[two.query_id].positives] == list(two.positives[1:])
     keep = pa.array([d not in two.positives for d in corpus["doc_id"].to_pylist()])
     pq.write_table(corpus.filter(keep), dataset / "corpus.parquet")
     lists = [[d for d in n if d not in two.positives] for n in table["negatives"].to_pylist()]
