@@ -197,6 +197,12 @@ class MiningConfig(Section):
     poll_s: float = Field(
         2.0, gt=0, description="how often a worker asks the pool for a newer index (never waits)"
     )
+    nprobe: PositiveInt | Literal["auto", "exact"] = Field(
+        "auto",
+        description="clusters a draw searches: exact (every doc, bounded) or the nprobe best by "
+        "bound, exact within them; auto: exact under 100,000 docs, else a sixteenth of the "
+        "clusters",
+    )
     index_dtype: Literal["fp16", "fp32"] = Field(
         "fp16",
         description="the published index's embeddings: fp16 halves its bytes; top-k and softmax "

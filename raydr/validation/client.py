@@ -127,7 +127,8 @@ class PoolNegatives:
         if self._fetch is not None:  # the index is on its way to this node
             ready, _ = ray.wait([self._fetch], timeout=0, fetch_local=True)
             if ready:
-                self._index, self._fetch = NegativeIndex(ray.get(self._fetch)), None
+                snapshot = ray.get(self._fetch)
+                self._index, self._fetch = NegativeIndex(snapshot, self._nprobe(snapshot)), None
             return
         if self._request is not None:
             ready, _ = ray.wait([self._request], timeout=0)
@@ -143,7 +144,15 @@ class PoolNegatives:
             handle = ray.get_actor(self.pool, namespace=NAMESPACE)
             self._request = handle.published.remote(self.trial, have, self.mining, self.model)
 
-    def draw(self, query_id, exclude, n, rng) -> list[str] | None:
+    def _nprobe(self, snapshot) -> int | None:
+        from raydr.mining.dynamic import default_nprobe
+
+        setting = self.mining.nprobe
+        if setting == "auto":
+            return default_nprobe(snapshot.n_docs, len(snapshot.clusters.sizes))
+        return None if setting == "exact" else int(setting)
+
+    def draw(self, query_id, exclude, n, rng) -> list[int] | None:
         index = self._index
         if index is None or not index.knows(query_id):
             return None
@@ -170,6 +179,9 @@ class PoolNegatives:
             **snap.describe(),
             "staleness_steps": step - snap.step,  # steps since the index's encoder
             "docs_staleness_steps": step - snap.base_step,  # since its last full re-encode
+            "index_nprobe": self._index.nprobe or 0,  # 0: exact over the whole index
+            # An approximate softmax draw's distance from the exact one is at most this.
+            "softmax_tv_bound": self._index.last_tv_bound,
         }
 
 

@@ -220,6 +220,41 @@ def test_an_fp16_index_is_half_the_bytes_and_exact_over_what_it_stores() -> None
     assert overlap >= 0.9
 
 
+def test_nprobe_is_exact_within_the_probed_clusters_and_bounds_its_distance() -> None:
+    """The approximate index: top-k and the softmax restricted to the ``nprobe`` clusters with
+    the highest bounds, exactly; the reported bound caps the draw's total-variation distance
+    from the exact softmax over the whole corpus."""
+    rng = np.random.default_rng(11)
+    docs = _blobs(400, 8, 6, 0.5, seed=11)
+    queries = _unit(rng.normal(size=(3, 8)))
+    snap = _snapshot(docs, queries, 12)
+    c, judged, tau = snap.clusters, {0, 1}, 0.3
+    assert NegativeIndex(snap, nprobe=len(c.sizes)).top("q0", 10) == NegativeIndex(snap).top(
+        "q0", 10
+    )
+    index = NegativeIndex(snap, nprobe=3)
+    q = snap.query_emb[0]
+    bound = c.centroids @ q + np.linalg.norm(q) * c.radius
+    probed = np.isin(c.assignment(), np.argsort(-bound, kind="stable")[:3])
+    scores = (docs @ q).astype(np.float64)
+    inside = [int(j) for j in np.argsort(-scores, kind="stable") if probed[j] and j not in judged]
+    assert index.top("q0", 10, exclude=judged) == inside[:10]
+    # Deeper than the probed clusters hold, it is the probed docs only, not the exact top.
+    deep = index.top("q0", 60, exclude=judged)
+    assert deep == inside[:60] != NegativeIndex(snap).top("q0", 60, judged)
+    draws, trials = np.random.default_rng(5), 8000
+    counts = np.zeros(len(docs))
+    for _ in range(trials):
+        counts[index.sample("q0", 1, tau, draws, judged)[0]] += 1
+    allowed = probed & ~np.isin(np.arange(len(docs)), list(judged))
+    assert counts[~allowed].sum() == 0  # nothing from an unprobed cluster
+    w = np.exp((scores - scores.max()) / tau) * allowed
+    assert chisquare(counts[allowed], trials * w[allowed] / w.sum()).pvalue > 1e-3
+    everywhere = np.exp((scores - scores.max()) / tau) * ~np.isin(np.arange(len(docs)), [0, 1])
+    tv = 1 - everywhere[allowed].sum() / everywhere.sum()  # the restriction's whole error
+    assert 0 < tv <= index.last_tv_bound < 1
+
+
 def test_sample_draws_distinct_unjudged_docs_and_refuses_impossible_counts() -> None:
     docs = _blobs(30, 8, 3, 0.3, seed=2)
     index = NegativeIndex(_snapshot(docs, docs[:2], 4))
