@@ -42,14 +42,19 @@ def evaluate(
     model_path: str | None = None,
     progress: bool = True,
     subset: list[str] | None = None,
+    shards: int = 1,
 ) -> EvalResult:
     """Score ``model_path`` (default: ``cfg.model.name``) on ``cfg.data``; write outputs.
 
     ``subset`` restricts the corpus to those doc ids (a validation subset, for comparison).
+    ``shards`` > 1: the corpus is encoded by that many validator-shaped Ray tasks at once
+    (``raydr.validation.scatter``), and this process never holds it.
     """
     from raydr.retrieval.dense import DenseRetriever, search_and_score
     from raydr.training import checkpoint
 
+    if shards > 1 and subset is None:
+        return _evaluate_scattered(cfg, model_path or cfg.model.name, shards)
     t0 = time.perf_counter()
     batch_size = None
     if subset is not None:  # score exactly as the validators do: their queries, their docs
@@ -88,6 +93,40 @@ def evaluate(
             "num_docs": len(split.doc_ids),
             "device": str(retriever.device),
             "dtype": str(retriever.dtype).removeprefix("torch."),
+            "index": cfg.index.backend
+            + (f"-{cfg.index.faiss_type}" if cfg.index.backend == "faiss" else ""),
+        },
+    )
+    write_outputs(cfg.paths.run_dir, result, run if cfg.eval.write_run else None)
+    return result
+
+
+def _evaluate_scattered(cfg: RaydrConfig, model_path: str, shards: int) -> EvalResult:
+    """``evaluate`` with the corpus split over ``shards`` tasks; the same metrics (the merged
+    top-``depth`` is the corpus's), up to the float noise of other batch shapes."""
+    from raydr.data.split import split_queries
+    from raydr.data.store import PassageStore, ensure_passages
+    from raydr.retrieval.metrics import score_run
+    from raydr.validation.scatter import gather_run, scatter
+
+    t0 = time.perf_counter()
+    run = gather_run(cfg, scatter(cfg, model_path, shards, cfg.data.split, limit=False))
+    t_run = time.perf_counter()
+    q = split_queries(cfg.data.path, cfg.data.split)
+    metrics, run = score_run(q["qrels"], run, cfg.eval)
+    t_end = time.perf_counter()
+    result = EvalResult(
+        metrics=metrics,
+        primary_metric=cfg.eval.primary_metric,
+        timings={"scatter_and_gather": t_run - t0, "score": t_end - t_run, "total": t_end - t0},
+        info={
+            "model": model_path,
+            "data": str(cfg.data.path),
+            "split": cfg.data.split,
+            "subset": False,
+            "num_queries": len(q["query_ids"]),
+            "num_docs": len(PassageStore(ensure_passages(cfg.data.path))),
+            "shards": shards,
             "index": cfg.index.backend
             + (f"-{cfg.index.faiss_type}" if cfg.index.backend == "faiss" else ""),
         },

@@ -49,7 +49,13 @@ def train(args: argparse.Namespace) -> None:
     from raydr.evaluate import evaluate, format_table
 
     torch.set_num_threads(os.cpu_count() or 1)  # the driver may have inherited 1 from Ray
-    scored = evaluate(cfg, model_path=chosen, progress=not args.quiet)
+    # With a pool, its validators' shape encodes the test corpus in shards side by side
+    # (raydr.validation.scatter): on a cluster, every validator GPU share works on it.
+    import ray
+
+    pool = cfg.validation.enabled and cfg.validation.mode == "pool"
+    shards = cfg.validation.num_actors if pool and ray.is_initialized() else 1
+    scored = evaluate(cfg, model_path=chosen, progress=not args.quiet, shards=shards)
     print(format_table(scored))
     print(f"[{label} on {cfg.data.split}, full corpus] → {cfg.paths.run_dir / 'metrics.json'}")
 

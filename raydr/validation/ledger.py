@@ -11,11 +11,11 @@ closing row is final (exactly one outcome per checkpoint). Each append is one ``
 line followed by fsync; a crash can only leave a torn last line, which readers skip and the next
 writer cuts off.
 
-A ``Ledger`` reads its file once, when first asked, and from then on keeps the rows and the
-state in memory, adding what it appends: the pool (the one writer) answers every ``submit``,
-long-poll and release from memory, so a call costs the same at the thousandth checkpoint as at
-the first. A reader that must see another process's appends makes a new ``Ledger`` (or calls
-``reload``).
+A ``Ledger`` keeps the rows and the state in memory. It reads the file once, when first asked,
+and after that only the bytes that other processes appended since (a size check says whether
+there are any); its own appends join memory without a read. The pool, a run's one writer,
+answers every ``submit``, long poll and release from memory: a call costs the same at the
+thousandth checkpoint as at the first.
 """
 
 from __future__ import annotations
@@ -101,9 +101,10 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
-        self._rows: list[Row] | None = None  # read on first use, then kept up to date
+        self._rows: list[Row] = []
         self._state: dict[Key, Row] = {}
-        self.reads = 0  # times the file was read (the pool's should stay at one)
+        self._offset = 0  # bytes of the file taken into memory: whole lines only
+        self.reads = 0  # reads of the file's bytes (the pool, its one writer: one, at start)
 
     @classmethod
     def for_run(cls, cfg: RaydrConfig) -> Ledger:
@@ -121,14 +122,17 @@ class Ledger:
 
     def _repair(self) -> None:
         # Cut a torn final line left by a crash mid-append, so new rows start on a fresh line.
-        if not self.path.exists():
+        if not self.path.exists() or self.path.stat().st_size == 0:
             return
+        with open(self.path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return  # whole: nothing to read
         data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as fh:
-                fh.truncate(keep)
-                os.fsync(fh.fileno())
+        keep = data.rfind(b"\n") + 1
+        with open(self.path, "r+b") as fh:
+            fh.truncate(keep)
+            os.fsync(fh.fileno())
 
     def append(self, row: Row | dict[str, Any]) -> Row:
         row = Row(time=time.time(), **row)
@@ -137,25 +141,22 @@ class Ledger:
         try:
             os.write(fd, line)
             os.fsync(fd)
+            end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: where this line ended up
         finally:
             os.close(fd)
-        if self._rows is not None:  # after the write: memory never runs ahead of the file
+        # After the write, memory never runs ahead of the file. When nothing else was written
+        # since this ledger last looked, the line joins memory with no read; otherwise the
+        # next read takes it in with the others' lines, in file order.
+        if end - len(line) == self._offset:
             self._rows.append(row)
             self._take(row)
+            self._offset = end
         return row
 
     def rows(self) -> list[Row]:
-        """Every row in order (the file as read once, plus what this ledger appended since)."""
-        if self._rows is None:
-            self.reload()
+        """Every row in order."""
+        self._catch_up()
         return list(self._rows)
-
-    def reload(self) -> None:
-        """Read the file again: what other processes appended becomes visible."""
-        self._rows = self._read()
-        self._state = {}
-        for row in self._rows:
-            self._take(row)
 
     def _take(self, row: Row) -> None:
         key = (row["trial"], int(row["step"]))
@@ -163,39 +164,45 @@ class Ledger:
             return  # closed rows are final: exactly one outcome per checkpoint
         self._state[key] = row
 
-    def _read(self) -> list[Row]:
-        """The file's rows. A torn *last* line (a crash mid-append; the event it described did
-        not complete) is skipped; a damaged line anywhere else is an error naming it."""
+    def _catch_up(self) -> None:
+        """Take in the whole lines written since this ledger last looked (by any process):
+        a size check when there are none, a read of the new bytes only when there are. A line
+        not yet ended (a crash mid-append; the event it described did not complete) waits; a
+        damaged line is an error naming it."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= self._offset:
+            return
         self.reads += 1
-        if not self.path.exists():
-            return []
-        text = self.path.read_text(encoding="utf-8", errors="replace")
-        lines = text.splitlines()
-        torn = bool(text) and not text.endswith("\n")
-        out = []
-        for number, line in enumerate(lines, start=1):
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read(size - self._offset)
+        whole = data[: data.rfind(b"\n") + 1]
+        number = len(self._rows)
+        for raw in whole.splitlines():
+            number += 1
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8", errors="replace"))
                 if not isinstance(row, dict) or not row.keys() >= _REQUIRED:
                     raise ValueError(f"not a ledger row (needs {', '.join(sorted(_REQUIRED))})")
                 if row["status"] == "done" and not isinstance(row.get("metrics"), dict):
                     raise ValueError("a done row needs its metrics")
             except ValueError as exc:
-                if torn and number == len(lines):
-                    continue
                 raise RaydrError(
                     f"{self.path}:{number}: corrupt ledger line ({exc}); the ledger is append-only, "
                     f"so this is damage from outside raydr: restore the file, or delete the line "
                     f"to have that checkpoint validated again"
                 ) from None
-            out.append(row)
-        return out
+            self._rows.append(row)
+            self._take(row)
+        self._offset += len(whole)
 
     def state(self) -> dict[Key, Row]:
         """The latest row per (trial, step): what is pending, done or failed now. A view kept
         up to date in memory: callers must not change it."""
-        if self._rows is None:
-            self.reload()
+        self._catch_up()
         return self._state
 
     def results(self, trial: str | None = None) -> list[Row]:

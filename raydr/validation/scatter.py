@@ -35,12 +35,13 @@ def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
-def queries_of(cfg: RaydrConfig, split: str) -> dict[str, Any]:
-    """The split's queries as a validator scores them (``validation.max_queries`` first)."""
+def queries_of(cfg: RaydrConfig, split: str, limit: bool = True) -> dict[str, Any]:
+    """The split's queries as a validator scores them (``validation.max_queries`` first, when
+    ``limit``; a final evaluation scores them all)."""
     from raydr.data.split import split_queries
 
     q = split_queries(cfg.data.path, split)
-    n = cfg.validation.max_queries
+    n = cfg.validation.max_queries if limit else None
     if n is not None and n < len(q["query_ids"]):
         ids = q["query_ids"][:n]
         q = {
@@ -52,7 +53,14 @@ def queries_of(cfg: RaydrConfig, split: str) -> dict[str, Any]:
 
 
 def shard_top(
-    cfg: RaydrConfig, path: str, split: str, passages: str, lo: int, hi: int, threads: int
+    cfg: RaydrConfig,
+    path: str,
+    split: str,
+    passages: str,
+    lo: int,
+    hi: int,
+    threads: int,
+    limit: bool = True,
 ) -> Run:
     """The split's queries against passages [lo, hi) of the store at ``passages``: each
     query's top-``eval.depth`` there, as a run."""
@@ -67,7 +75,7 @@ def shard_top(
     store = PassageStore(passages)
     positions = range(lo, hi)
     doc_ids = [store.doc_id(p) for p in positions]
-    q = queries_of(cfg, split)
+    q = queries_of(cfg, split, limit)
     retriever = DenseRetriever(*checkpoint.load(path, cfg.model), cfg)
     bs = cfg.validation.batch_size
     doc_emb = retriever.embed(store.texts(positions), "passages", batch_size=bs)
@@ -83,9 +91,11 @@ def scatter(
     shards: int,
     split: str | None = None,
     task: Callable[..., Run] = shard_top,
+    limit: bool = True,
 ) -> list:
     """Start the shards of one checkpoint's full-corpus validation. → their object refs.
-    ``task`` replaces ``shard_top`` (tests wrap it to kill a shard)."""
+    ``limit``: ``validation.max_queries`` applies (not to a final evaluation). ``task``
+    replaces ``shard_top`` (tests wrap it to kill a shard)."""
     import ray
 
     from raydr.data import store
@@ -103,7 +113,7 @@ def scatter(
     )
     split = split or v.split
     return [
-        remote.remote(cfg, path, split, passages, lo, hi, int(cpus))
+        remote.remote(cfg, path, split, passages, lo, hi, int(cpus), limit)
         for lo, hi in shard_ranges(n, shards)
     ]
 
@@ -111,28 +121,12 @@ def scatter(
 def gather(cfg: RaydrConfig, refs: list, step: int, split: str | None = None) -> dict[str, Any]:
     """Merge the shards' runs into the corpus's top-``depth`` and score it once.
     → a flat metrics dict like a validator's, with the primary metric declared."""
-    import ray
-
-    from raydr.errors import RaydrError
+    from raydr.data.store import PassageStore, ensure_passages
     from raydr.retrieval.metrics import score_run
 
     t0 = time.perf_counter()
-    try:
-        parts: list[Run] = ray.get(refs)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, RaydrError):  # e.g. a checkpoint that cannot be loaded
-            raise exc.cause from None
-        raise
+    run = gather_run(cfg, refs)
     waited = time.perf_counter() - t0
-    merged: Run = {}
-    for run in parts:
-        for qid, docs in run.items():
-            merged.setdefault(qid, {}).update(docs)
-    depth = cfg.eval.depth
-    run = {
-        qid: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:depth])
-        for qid, docs in merged.items()
-    }
     q = queries_of(cfg, split or cfg.validation.split)
     metrics, _ = score_run(q["qrels"], run, cfg.eval)
     return {
@@ -140,8 +134,32 @@ def gather(cfg: RaydrConfig, refs: list, step: int, split: str | None = None) ->
         "primary_metric": cfg.eval.primary_metric,
         "checkpoint_step": step,
         "num_queries": len(q["query_ids"]),
+        "subset_size": len(PassageStore(ensure_passages(cfg.data.path))),  # all: the corpus
         "shards": len(refs),
         "gather_wait_s": waited,
+    }
+
+
+def gather_run(cfg: RaydrConfig, refs: list) -> Run:
+    """The shards' runs merged: each query's top-``eval.depth`` over the whole corpus."""
+    import ray
+
+    from raydr.errors import RaydrError
+
+    try:
+        parts: list[Run] = ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, RaydrError):  # e.g. a checkpoint that cannot be loaded
+            raise exc.cause from None
+        raise
+    merged: Run = {}
+    for run in parts:
+        for qid, docs in run.items():
+            merged.setdefault(qid, {}).update(docs)
+    depth = cfg.eval.depth
+    return {
+        qid: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:depth])
+        for qid, docs in merged.items()
     }
 
 

@@ -311,13 +311,12 @@ def test_a_ledger_write_that_fails_leaves_the_pool_serving_and_the_checkpoint_ow
     # ... and a restarted pool does it: one closing row.
     pool = start_pool(cfg)
     _wait(pool)
-    ledger.reload()  # the restarted pool wrote from its own process
     closing = [r for r in ledger.rows() if r["status"] != "pending"]
     assert [(r["step"], r["status"]) for r in closing] == [(7, "done")]
     ray.kill(pool)
 
 
-def _dies_once(cfg, path, split, passages, lo, hi, threads):
+def _dies_once(cfg, path, split, passages, lo, hi, threads, limit=True):
     """``shard_top`` in a process that dies the first time it runs the shard at ``lo`` = 0
     (before it answers); each run leaves a mark, so the test can count them."""
     import os
@@ -330,7 +329,7 @@ def _dies_once(cfg, path, split, passages, lo, hi, threads):
     (marks / f"{lo}-{runs}").touch()
     if lo == 0 and runs == 0:
         os._exit(1)  # a real process death mid-shard
-    return shard_top(cfg, path, split, passages, lo, hi, threads)
+    return shard_top(cfg, path, split, passages, lo, hi, threads, limit)
 
 
 def test_a_full_corpus_metric_scattered_over_shards_equals_one_validators(
@@ -347,7 +346,7 @@ def test_a_full_corpus_metric_scattered_over_shards_equals_one_validators(
     whole = validate_on_full_corpus(cfg, ckpt, 5, 1)
     for shards in (1, 2, 3):
         got = full_corpus_metrics(cfg, ckpt, 5, shards)
-        assert got["shards"] == shards
+        assert got["shards"] == shards and got["subset_size"] == whole["subset_size"] == 40
         for name in cfg.eval.metrics:
             assert got[name] == pytest.approx(whole[name], abs=1e-4), (shards, name)
     # A shard whose process dies mid-way is run again, alone; the metric is unchanged.
@@ -360,6 +359,13 @@ def test_a_full_corpus_metric_scattered_over_shards_equals_one_validators(
     # A checkpoint that cannot be loaded is one error naming it, not a Ray traceback.
     with pytest.raises(RaydrError, match="nowhere"):
         full_corpus_metrics(cfg, str(tmp_path / "nowhere"), 5, 2)
+    # The final evaluation (`raydr train`'s test score) scatters too, over every query.
+    from raydr.evaluate import evaluate
+
+    alone, spread = evaluate(cfg, ckpt, progress=False), evaluate(cfg, ckpt, False, shards=2)
+    assert spread.info["shards"] == 2 and spread.info["num_queries"] == alone.info["num_queries"]
+    for name in cfg.eval.metrics:
+        assert spread.metrics[name] == pytest.approx(alone.metrics[name], abs=1e-4)
 
 
 def test_bad_validation_input(

@@ -88,11 +88,16 @@ def test_the_ledger_reads_its_file_once_and_keeps_the_same_state_in_memory(
     assert ledger.state() == fresh.state() and ledger.rows() == fresh.rows()
     assert ledger.state()[("a", 3)]["status"] == "cancelled"
     assert [r["step"] for r in ledger.pending()] == [0]
-    # Another process's appends appear after a reload, not before.
+    # Another writer's rows (another process) come in at the next look, by reading only the
+    # bytes added; this ledger's own next row lands after them, in file order.
     fresh.append({"trial": "b", "step": 1, "checkpoint": "b1", "status": "pending"})
-    assert ("b", 1) not in ledger.state()
-    ledger.reload()
+    size = path.stat().st_size
+    ledger.append({"trial": "b", "step": 2, "checkpoint": "b2", "status": "pending"})
     assert ("b", 1) in ledger.state() and ledger.reads == 2
+    assert [r["step"] for r in ledger.rows()[-2:]] == [1, 2]
+    assert ledger.rows() == Ledger(path).rows() and path.stat().st_size > size
+    ledger.state()
+    assert ledger.reads == 2  # nothing new: a size check, no read
 
 
 def test_a_corrupt_ledger_line_in_the_middle_is_an_error_naming_it(tmp_path: Path) -> None:
