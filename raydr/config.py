@@ -377,6 +377,31 @@ class ValidationConfig(Section):
     cpus: list[int] | None = Field(
         None, description="pin validator actors to these CPU cores (Linux)"
     )
+    shards: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="validators that share one checkpoint's validation (pool mode): its corpus "
+        "(or subset) is cut into this many shards, each encoded by a free validator, and the "
+        "metric is scored once from their merged top lists; auto = every validator "
+        "(num_actors) when sampling.strategy is full, else 1. Checkpoints that also rebuild the "
+        "dynamic-negatives index are not split (one encode serves both)",
+    )
+
+    @model_validator(mode="after")
+    def _shards_need_a_pool(self) -> ValidationConfig:
+        if self.mode == "inline" and self.shards not in ("auto", 1):
+            raise ValueError(
+                f"shards={self.shards} splits a checkpoint over the pool's validators, but "
+                f"mode is inline (rank 0 validates alone); use mode=pool or shards=auto"
+            )
+        return self
+
+    def resolved_shards(self) -> int:
+        """How many shards one checkpoint's validation is cut into (``shards``, resolved)."""
+        if self.shards != "auto":
+            return int(self.shards)
+        if self.mode == "pool" and self.sampling.strategy == "full":
+            return self.num_actors
+        return 1
 
 
 class SchedulerConfig(Section):

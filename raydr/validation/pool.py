@@ -9,6 +9,8 @@ failed with its reason while the pool keeps serving.
 The actor composes three parts and keeps only what ties them together (``_run``: one job on
 one validator, and what its outcome writes):
 - ``queue.WorkQueue``: what waits, which validator is free, dispatch order and retries;
+- ``scatter.Gathering``: with ``validation.shards`` above 1, a checkpoint is one job per shard
+  on as many validators, merged and scored once when the last shard is in (``_run_shard``);
 - ``mining.publisher.Publication``: with dynamic negatives (``training.mining.source:
   dynamic``) the same job rebuilds the trial's mining index from the checkpoint (one encode
   serves both), and workers fetch the newest with ``published`` without waiting;
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -33,9 +36,10 @@ from raydr.config import MiningConfig, RaydrConfig
 from raydr.errors import RaydrError
 from raydr.mining.publisher import Publication
 from raydr.validation.ledger import Ledger, cancelled_row, done_row, failed_row, pending_row
-from raydr.validation.queue import Job, WorkQueue
+from raydr.validation.queue import Job, Key, WorkQueue
 from raydr.validation.rendezvous import Rendezvous
 from raydr.validation.retention import Freed
+from raydr.validation.scatter import Gathering
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,12 @@ def pool_name(run_name: str) -> str:
 @ray.remote(num_cpus=0)
 class ValidationPool:
     def __init__(
-        self, cfg: RaydrConfig, subset: list[str] | None, ledger_path: str, retain: bool = True
+        self,
+        cfg: RaydrConfig,
+        subset: list[str] | None,
+        ledger_path: str,
+        retain: bool = True,
+        shards: tuple[str, list] | None = None,
     ) -> None:
         from raydr.validation.validator import Validator
 
@@ -75,6 +84,10 @@ class ValidationPool:
         self._halted: set[str] = set()  # trials the scheduler stopped: they never resume
         self._finished: set[str] = set()  # a search's trials that trained to their end
         self.freed = Freed.load(cfg)  # a resumed run goes on counting
+        # Scatter (``scatter.pool_shards``): the store the shards read, and each one's positions.
+        self.passages, self.parts = shards if shards else (None, [])
+        self._gathering: dict[Key, Gathering] = {}
+        self._queries: dict[str, Any] | None = None  # the validation queries, for scoring
 
     async def _start(self) -> None:
         # asyncio state must be made inside the actor's running loop, not in __init__.
@@ -88,7 +101,7 @@ class ValidationPool:
         self._retaining = 0
         # Work owed from before a restart: intake rows with no outcome yet.
         for row in self.ledger.pending():
-            self.queue.put(Job(row["trial"], int(row["step"]), row["checkpoint"]))
+            self._enqueue(Job(row["trial"], int(row["step"]), row["checkpoint"]))
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
 
     # ---------------------------------------------------------------- intake and cancelling
@@ -107,19 +120,37 @@ class ValidationPool:
             return False
         mining = self._mining.get(trial)
         plan = mining.plan(int(step)) if mining else None
-        self.queue.put(Job(trial, int(step), path, mine=plan, rung=rung))
+        self._enqueue(Job(trial, int(step), path, mine=plan, rung=rung))
         await self._retain(trial)  # the previous newest no longer needs its optimizer state
         return True
+
+    def _enqueue(self, job: Job) -> None:
+        """Queue ``job``: as one job per shard when the pool scatters and the checkpoint only
+        needs validating (a mining refresh needs the whole corpus in one validator)."""
+        if self.parts and job.validate and job.mine is None:
+            self._gathering[job.key] = Gathering(len(self.parts))
+            for part in range(len(self.parts)):
+                self.queue.put(replace(job, part=part))
+        else:
+            self.queue.put(job)
 
     async def cancel(self, trial: str, reason: str = "its trial was stopped") -> int:
         """``trial`` was stopped: close each of its queued checkpoints with a cancelled row and
         drop its queued mining work. A checkpoint already being validated finishes (its row
-        comes as usual), and one submitted from now on is closed at intake, so each checkpoint
-        still gets exactly one closing row. → checkpoints cancelled."""
+        comes as usual; a scattered one keeps its remaining shards), and one submitted from now
+        on is closed at intake, so each checkpoint still gets exactly one closing row.
+        → checkpoints cancelled."""
         await self._start()
         self._stopped[trial] = reason
-        dropped = [job for job in self.queue.drop(trial) if job.validate]
-        for job in dropped:
+        dropped: dict[Key, Job] = {}
+        for job in self.queue.drop(trial):
+            gathering = self._gathering.get(job.key)
+            if gathering is not None and gathering.runs:  # under way: it finishes
+                self.queue.put(job)
+            elif job.validate:
+                self._gathering.pop(job.key, None)
+                dropped[job.key] = job
+        for job in dropped.values():
             self.ledger.append(cancelled_row(trial, job.step, job.path, reason))
         if dropped:
             self.meet.signal()
@@ -171,6 +202,8 @@ class ValidationPool:
             asyncio.get_running_loop().create_task(self._run(actor, job))
 
     async def _run(self, actor, job: Job) -> None:
+        if job.part is not None:
+            return await self._run_shard(actor, job)
         trial, step, path = job.trial, job.step, job.path
         t0 = time.time()
         mine = job.mine
@@ -196,7 +229,7 @@ class ValidationPool:
                         path,
                         result,
                         queued_to_done_s=time.time() - t0,
-                        attempts=self.queue.attempts(job.key) + 1,
+                        attempts=self.queue.attempts(job.slot) + 1,
                     )
                 )
                 written = True
@@ -214,7 +247,7 @@ class ValidationPool:
                     "validator died on %s step %d; re-doing (attempt %d)",
                     trial,
                     step,
-                    self.queue.attempts(job.key),
+                    self.queue.attempts(job.slot),
                 )  # training keeps the previous index meanwhile
             elif redo.validate:
                 self._record_failure(job, f"validator died {gave_up} times: {exc}")
@@ -246,6 +279,86 @@ class ValidationPool:
                 await self._retain(trial)
             finally:
                 self._retaining -= 1
+
+    async def _run_shard(self, actor, job: Job) -> None:
+        """One shard of a scattered checkpoint; the last one in scores the merged run and
+        writes the checkpoint's one closing row. A validator that dies mid-shard costs that
+        shard alone (queued again); a checkpoint that cannot be loaded fails once."""
+        gathering = self._gathering[job.key]
+        try:
+            if gathering.closed:  # another shard already failed the checkpoint
+                return
+            gathering.started(job.part)
+            out = await actor.shard.remote(job.path, job.step, self.passages, self.parts[job.part])
+            if gathering.closed or not gathering.add(job.part, out):
+                return
+            if self._queries is None:
+                from raydr.validation.scatter import queries_of
+
+                self._queries = await asyncio.to_thread(
+                    queries_of, self.cfg, self.cfg.validation.split
+                )
+            metrics = await asyncio.to_thread(gathering.metrics, self.cfg, self._queries, job.step)
+            self._close(
+                job,
+                done_row(
+                    job.trial,
+                    job.step,
+                    job.path,
+                    metrics,
+                    queued_to_done_s=time.time() - gathering.queued_at,
+                    attempts=max(metrics["shard_runs"]),
+                ),
+            )
+        except ray.exceptions.RayActorError as exc:
+            gave_up = self.queue.retry(job)
+            if gave_up is None:
+                log.warning(
+                    "validator died on %s step %d shard %d; re-doing that shard", *job.key, job.part
+                )
+            else:
+                self._close(
+                    job,
+                    failed_row(
+                        job.trial,
+                        job.step,
+                        job.path,
+                        f"validator died {gave_up} times on shard {job.part}: {exc}",
+                    ),
+                )
+            await self._revive(actor)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, Exception) else exc
+            reason = (
+                str(cause) if isinstance(cause, RaydrError) else f"{type(cause).__name__}: {cause}"
+            )
+            self._close(job, failed_row(job.trial, job.step, job.path, reason))
+        except Exception as exc:
+            log.exception("validation of %s step %d failed outside the validator", *job.key)
+            try:
+                self._close(
+                    job, failed_row(job.trial, job.step, job.path, f"{type(exc).__name__}: {exc}")
+                )
+            except Exception:  # the ledger itself is unwritable: a restarted pool redoes it
+                log.exception("cannot record the failure of %s step %d", *job.key)
+        finally:
+            self._retaining += 1
+            self.queue.finished(actor, job)
+            if gathering.closed and not self.queue.has(job.key):
+                self._gathering.pop(job.key, None)
+            try:
+                await self._retain(job.trial)
+            finally:
+                self._retaining -= 1
+
+    def _close(self, job: Job, row) -> None:
+        """Write a scattered checkpoint's one closing row (once, whichever shard gets here)."""
+        gathering = self._gathering[job.key]
+        if gathering.closed:
+            return
+        gathering.closed = True  # before the write: a failing write must not be retried twice
+        self.ledger.append(row)
+        self.meet.signal()
 
     async def _retain(self, trial: str, strays: bool = False) -> None:
         """Apply ``training.keep`` to ``trial`` now that its rows changed (see ``retention``);
@@ -326,6 +439,12 @@ class ValidationPool:
     async def results(self, trial: str | None = None) -> list[dict[str, Any]]:
         return self.ledger.results(trial)
 
+    async def dispatched(self) -> int:
+        """Jobs handed to validators so far: a scattered checkpoint counts one per shard, and
+        each re-do one more (what a validator's death cost)."""
+        await self._start()
+        return self.queue.dispatched
+
     async def ledger_reads(self) -> int:
         """Times the pool read its ledger file: once at start, whatever the run's length."""
         await self._start()
@@ -388,11 +507,13 @@ def start_pool(cfg: RaydrConfig, retain: bool = True):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from raydr.validation.sampling import prepare_subset
+    from raydr.validation.scatter import pool_shards
 
     check_resources(cfg)
     ledger = Ledger.for_run(cfg)
     ledger.rows()  # a damaged ledger fails here, in one line, not later inside the actor
     subset = prepare_subset(cfg)
+    shards = pool_shards(cfg, subset)  # None: each checkpoint validated whole
 
     # The pool writes the ledger to the driver's disk, so it must live on the driver's node.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -402,7 +523,7 @@ def start_pool(cfg: RaydrConfig, retain: bool = True):
         get_if_exists=True,
         lifetime=None,
         scheduling_strategy=here,
-    ).remote(cfg, subset, str(ledger.path), retain)
+    ).remote(cfg, subset, str(ledger.path), retain, shards)
 
 
 def wait_idle(pool, timeout_s: float = 3600.0, poll_s: float = 1.0) -> bool:

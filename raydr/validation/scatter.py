@@ -13,13 +13,18 @@ of one validator that encoded everything, up to the float noise of different bat
 
 A shard whose process dies is run again by Ray (``validation.max_retries``), alone: the other
 shards' results are already in the object store and stand.
+
+Two users: shard *tasks* (``scatter``/``gather``) for a search's confirmations and the final
+test score, and the pool's own warm validators (``pool_shards`` cuts the corpus or subset,
+``Validator.shard`` runs one part, ``Gathering`` collects them into one closing row).
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,21 +73,48 @@ def shard_top(
 
     from raydr.data.store import PassageStore
     from raydr.retrieval.dense import DenseRetriever
-    from raydr.retrieval.index import build_index, retrieve
     from raydr.training import checkpoint
 
     torch.set_num_threads(max(1, threads))  # Ray starts tasks with one thread
-    store = PassageStore(passages)
-    positions = range(lo, hi)
-    doc_ids = [store.doc_id(p) for p in positions]
     q = queries_of(cfg, split, limit)
     retriever = DenseRetriever(*checkpoint.load(path, cfg.model), cfg)
-    bs = cfg.validation.batch_size
-    doc_emb = retriever.embed(store.texts(positions), "passages", batch_size=bs)
-    query_emb = retriever.embed(q["queries"], "queries", batch_size=bs)
-    return retrieve(
-        build_index(doc_emb, cfg.index), query_emb, q["query_ids"], doc_ids, cfg.eval.depth
+    query_emb = retriever.embed(q["queries"], "queries", batch_size=cfg.validation.batch_size)
+    return top_within(cfg, retriever, PassageStore(passages), range(lo, hi), query_emb, q)[0]
+
+
+def top_within(
+    cfg: RaydrConfig,
+    retriever: Any,
+    store: Any,
+    positions: Sequence[int],
+    query_emb: np.ndarray,
+    q: dict[str, Any],
+) -> tuple[Run, float]:
+    """Each query's exact top-``eval.depth`` among the store's passages at ``positions``,
+    encoded now (read by position: nothing else of the corpus is held). ``query_emb``: (Q, D)
+    for ``q["query_ids"]``. → (the run, seconds spent encoding)."""
+    from raydr.retrieval.index import build_index, retrieve
+
+    t0 = time.perf_counter()
+    doc_ids = [store.doc_id(p) for p in positions]
+    doc_emb = retriever.embed(
+        store.texts(positions), "passages", batch_size=cfg.validation.batch_size
     )
+    encode_s = time.perf_counter() - t0
+    index = build_index(doc_emb, cfg.index)
+    return retrieve(index, query_emb, q["query_ids"], doc_ids, cfg.eval.depth), encode_s
+
+
+def merge(parts: list[Run], depth: int) -> Run:
+    """Shards' runs merged: each query's top-``depth`` over all of them (ties by doc id)."""
+    merged: Run = {}
+    for run in parts:
+        for qid, docs in run.items():
+            merged.setdefault(qid, {}).update(docs)
+    return {
+        qid: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:depth])
+        for qid, docs in merged.items()
+    }
 
 
 def scatter(
@@ -152,15 +184,75 @@ def gather_run(cfg: RaydrConfig, refs: list) -> Run:
         if isinstance(exc.cause, RaydrError):  # e.g. a checkpoint that cannot be loaded
             raise exc.cause from None
         raise
-    merged: Run = {}
-    for run in parts:
-        for qid, docs in run.items():
-            merged.setdefault(qid, {}).update(docs)
-    depth = cfg.eval.depth
-    return {
-        qid: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:depth])
-        for qid, docs in merged.items()
-    }
+    return merge(parts, cfg.eval.depth)
+
+
+@dataclass
+class Gathering:
+    """One scattered checkpoint in the pool, shard by shard: the shards' outputs as they come
+    (``Validator.shard``), how often each was run, and whether its closing row is written."""
+
+    shards: int
+    outputs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[int, int] = field(default_factory=dict)  # part → times started
+    closed: bool = False  # done or failed: later outputs of this checkpoint are dropped
+    queued_at: float = field(default_factory=time.time)
+
+    def started(self, part: int) -> None:
+        self.runs[part] = self.runs.get(part, 0) + 1
+
+    def add(self, part: int, output: dict[str, Any]) -> bool:
+        """A shard's output arrived; → whether every shard is in."""
+        self.outputs[part] = output
+        return len(self.outputs) == self.shards
+
+    def metrics(self, cfg: RaydrConfig, q: dict[str, Any], step: int) -> dict[str, Any]:
+        """The merged run scored once: a flat metrics dict like one validator's, with the
+        primary metric declared, each shard's runs (a redone shard shows 2) and the slowest
+        shard's timings (the checkpoint waited for it)."""
+        from raydr.retrieval.metrics import score_run
+
+        outs = [self.outputs[i] for i in range(self.shards)]
+        run = merge([o["run"] for o in outs], cfg.eval.depth)
+        scored, _ = score_run(q["qrels"], run, cfg.eval)
+        started = min(o["started_at"] for o in outs)
+        finished = max(o["finished_at"] for o in outs)
+        return {
+            **scored,
+            "primary_metric": cfg.eval.primary_metric,
+            "checkpoint_step": step,
+            "subset_size": sum(o["passages_encoded"] for o in outs),
+            "num_queries": len(q["query_ids"]),
+            "passages_encoded": sum(o["passages_encoded"] for o in outs),
+            "load_s": max(o["load_s"] for o in outs),
+            "encode_s": max(o["encode_s"] for o in outs),
+            "validation_s": finished - started,
+            "shards": self.shards,
+            "shard_runs": [self.runs.get(i, 0) for i in range(self.shards)],
+            "node_id": outs[0]["node_id"],
+            "node_ids": sorted({str(o["node_id"]) for o in outs}),
+            "started_at": started,
+            "finished_at": finished,
+        }
+
+
+def pool_shards(cfg: RaydrConfig, subset: list[str] | None) -> tuple[str, list] | None:
+    """Where a pool's scattered validations read (the store of ``data.path``) and each shard's
+    passage positions: ranges of the corpus, or slices of the subset's positions; None when
+    checkpoints are validated whole (``validation.shards`` resolves to 1)."""
+    from raydr.data import store
+
+    n = cfg.validation.resolved_shards()
+    if n <= 1:
+        return None
+    folder = store.ensure_passages(cfg.data.path)
+    passages = store.PassageStore(folder)
+    if subset is None:
+        parts: list = [range(lo, hi) for lo, hi in shard_ranges(len(passages), n)]
+    else:
+        where = np.sort(passages.positions(subset))
+        parts = [where[lo:hi] for lo, hi in shard_ranges(len(where), n)]
+    return str(folder), parts
 
 
 def full_corpus_metrics(

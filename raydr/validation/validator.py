@@ -9,7 +9,7 @@ training corpus's mining index from the checkpoint, and one encode serves both j
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import numpy as np
 from raydr.config import MiningConfig, RaydrConfig
 
 if TYPE_CHECKING:
+    from raydr.data.split import Split
     from raydr.mining.dynamic import Kind, Snapshot
 
 
@@ -36,17 +37,35 @@ class Validator:
     def __init__(self, cfg: RaydrConfig, subset: list[str] | None, threads: int = 1) -> None:
         import torch
 
-        from raydr.data.split import load_split
         from raydr.dist import pin_cpus
+        from raydr.validation.scatter import queries_of
 
         torch.set_num_threads(max(1, int(threads)))  # Ray actors start with one thread
         self.cfg = cfg  # resolved at the driver: never re-validated here
-        vcfg = self.cfg.validation
-        pin_cpus(vcfg.cpus)
-        split = load_split(self.cfg.data.path, vcfg.split).limit_queries(vcfg.max_queries)
-        self.split = split.restrict(subset) if subset is not None else split
+        pin_cpus(cfg.validation.cpus)
+        self._subset = subset
+        self._split: Split | None = None  # the corpus side: loaded when first needed
+        self.queries = queries_of(cfg, cfg.validation.split)  # all a shard needs besides its docs
         self._tokens: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        self._query_tokens: dict[str, list[np.ndarray]] = {}
         self._mining: dict[str, _MiningData] = {}
+
+    @property
+    def split(self) -> Split:
+        """The validation queries over the subset (or whole corpus), texts held in memory: what
+        a checkpoint validated whole needs. A validator that only runs shards never loads it,
+        so its memory is its shard's, not the corpus's."""
+        if self._split is None:
+            from raydr.data.split import load_split
+
+            vcfg = self.cfg.validation
+            split = load_split(self.cfg.data.path, vcfg.split).limit_queries(vcfg.max_queries)
+            self._split = split.restrict(self._subset) if self._subset is not None else split
+        return self._split
+
+    def holds_corpus(self) -> bool:
+        """Whether this validator has loaded corpus text (a whole checkpoint was validated)."""
+        return self._split is not None
 
     def _tokenized(self, retriever) -> tuple[list[np.ndarray], list[np.ndarray]]:
         # Cache per vocabulary: every checkpoint of a run shares one tokenizer, so the subset is
@@ -55,9 +74,15 @@ class Validator:
         if key not in self._tokens:
             self._tokens[key] = (
                 retriever.tokenize(self.split.passages, "passages"),
-                retriever.tokenize(self.split.queries, "queries"),
+                self._queries_tokenized(retriever),
             )
         return self._tokens[key]
+
+    def _queries_tokenized(self, retriever) -> list[np.ndarray]:
+        key = retriever.tokenizer_fingerprint()
+        if key not in self._query_tokens:
+            self._query_tokens[key] = retriever.tokenize(self.queries["queries"], "queries")
+        return self._query_tokens[key]
 
     def _retriever(self, path: str):
         from raydr.retrieval.dense import DenseRetriever
@@ -69,9 +94,43 @@ class Validator:
         return True
 
     def warm(self) -> int:
-        """Tokenise the subset with the configured model's tokenizer now; → subset size."""
-        self._tokenized(self._retriever(self.cfg.model.name))
-        return len(self.split.doc_ids)
+        """Tokenise with the configured model's tokenizer now: the subset, or only the queries
+        when the pool scatters checkpoints (each shard reads its passages when it runs).
+        → passages tokenised."""
+        retriever = self._retriever(self.cfg.model.name)
+        if self.cfg.validation.resolved_shards() > 1:
+            self._queries_tokenized(retriever)
+            return 0
+        return len(self._tokenized(retriever)[0])
+
+    def shard(self, path: str, step: int, passages: str, positions: Sequence[int]) -> dict:
+        """One shard of a scattered validation: the validation queries' exact top-``depth``
+        among the passages at ``positions`` of the store at ``passages`` (read by position, so
+        this holds its shard's text only). → {"run": per-query top lists, timings, sizes};
+        the pool merges the shards' runs and scores them once (``scatter.merge``)."""
+        from raydr.data.store import PassageStore
+        from raydr.validation.scatter import top_within
+
+        t0, started_at = time.perf_counter(), time.time()
+        retriever = self._retriever(path)
+        queries = self._queries_tokenized(retriever)
+        t_load = time.perf_counter()
+        bs = self.cfg.validation.batch_size
+        query_emb = retriever.embed_ids(queries, "queries", batch_size=bs)
+        t_queries = time.perf_counter()
+        run, encode_s = top_within(
+            self.cfg, retriever, PassageStore(passages), positions, query_emb, self.queries
+        )
+        return {
+            "run": run,
+            "passages_encoded": len(positions),
+            "load_s": t_load - t0,
+            "encode_s": t_queries - t_load + encode_s,
+            "shard_s": time.perf_counter() - t0,
+            "node_id": _node_id(),
+            "started_at": started_at,
+            "finished_at": time.time(),
+        }
 
     def validate(self, path: str, step: int) -> dict[str, Any]:
         """Score the checkpoint of ``step`` at ``path``. → flat dict: metrics, the declared

@@ -216,6 +216,46 @@ def test_actor_killed_mid_validation_is_redone_exactly_once(
     ray.kill(pool)
 
 
+def test_a_checkpoint_scattered_over_the_pool_gets_one_row_and_one_validators_metric(
+    local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool
+    from raydr.validation.validator import validate_on_full_corpus
+
+    # Full strategy, two validators: shards=auto cuts each checkpoint in two.
+    cfg = _cfg(tmp_path, tiny_dataset, tiny_model_dir, sampling={"strategy": "full"})
+    assert cfg.validation.resolved_shards() == 2
+    ckpts = {s: str(write_checkpoint(tmp_path / "ckpts", tiny_model_dir, s, cfg)) for s in (5, 6)}
+    pool = start_pool(cfg)
+    actors = ray.get(pool.actor_handles.remote())
+    assert ray.get([a.warm.remote() for a in actors]) == [0, 0]  # queries only
+    ray.get(pool.submit.remote("t", 5, ckpts[5]))
+    deadline = time.time() + 30
+    while not ray.get(pool.inflight.remote()) and time.time() < deadline:
+        time.sleep(0.005)
+    ray.kill(actors[0], no_restart=False)  # a real process kill mid-shard
+    ray.get(pool.submit.remote("t", 6, ckpts[6]))
+    _wait(pool)
+    closing = sorted(
+        (r for r in Ledger.for_run(cfg).rows() if r["status"] != "pending"), key=lambda r: r["step"]
+    )
+    assert [(r["step"], r["status"]) for r in closing] == [(5, "done"), (6, "done")]
+    killed, calm = (r["metrics"] for r in closing)
+    # The killed shard alone was run again; the other ran once.
+    assert killed["shards"] == 2 and sorted(killed["shard_runs"]) == [1, 2], killed
+    assert calm["shard_runs"] == [1, 1] and closing[0]["attempts"] == 2
+    assert ray.get(pool.dispatched.remote()) == 2 + 1 + 2  # nothing else was run again
+    for row in closing:
+        whole = validate_on_full_corpus(cfg, ckpts[row["step"]], row["step"], 1)
+        assert row["metrics"]["subset_size"] == whole["subset_size"] == 40
+        for name in cfg.eval.metrics:
+            assert row["metrics"][name] == pytest.approx(whole[name], abs=1e-4), name
+    # Neither validator ever loaded the corpus: each read its shard's passages by position.
+    assert ray.get([a.holds_corpus.remote() for a in actors]) == [False, False]
+    ray.kill(pool)
+
+
 def test_a_wait_that_times_out_names_the_checkpoints_still_owed(
     local_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
 ) -> None:

@@ -32,12 +32,30 @@ def test_the_queue_dispatches_rungs_first_and_frees_its_validator() -> None:
     assert _run(scenario()) == [8, 4, True]
 
 
+def test_a_started_checkpoints_other_shards_go_before_other_trials() -> None:
+    async def scenario() -> list:
+        queue = WorkQueue(["v0", "v1", "v2"], "rungs_first", max_retries=1)
+        for part in (0, 1):
+            queue.put(Job("a", 4, "/a/4", part=part))
+        queue.put(Job("b", 4, "/b/4"))
+        order = [(await queue.take())[1] for _ in range(3)]
+        # A dead shard is retried alone, counted apart from its sibling.
+        queue.retry(order[0])
+        return [(j.trial, j.part) for j in order] + [
+            queue.attempts(("a", 4, 0)),
+            queue.attempts(("a", 4, 1)),
+            [(j.key, j.part) for j in queue.waiting],
+        ]
+
+    assert _run(scenario()) == [("a", 0), ("a", 1), ("b", None), 1, 0, [(("a", 4), 0)]]
+
+
 def test_a_job_is_retried_max_retries_times_then_given_up() -> None:
     async def scenario() -> list:
         queue = WorkQueue(["v0"], "fifo", max_retries=2)
         job = Job("a", 4, "/a/4")
         outcomes = [queue.retry(job), queue.retry(job), queue.retry(job)]
-        return [outcomes, queue.attempts(job.key), [j.key for j in queue.waiting]]
+        return [outcomes, queue.attempts(job.slot), [j.key for j in queue.waiting]]
 
     outcomes, attempts, waiting = _run(scenario())
     assert outcomes == [None, None, 3]  # queued twice, given up on the third death
