@@ -9,7 +9,9 @@ and measures, each in a fresh process:
   reports it, twice in the same run: as the loop is now, and holding what the loop held before
   the store (every training row, ``{doc_id: passage}`` and ``{doc_id: position}`` for the whole
   corpus: ``_holding_the_corpus``), the baseline.
-Once, independent of the corpus: the ledger's cost per ``submit`` at the 1,000th checkpoint,
+Up to ``--scatter-max`` passages: the time to one checkpoint's full-corpus metric through a
+real validation pool of 1, 2 and 4 validators (scattered over them), and a validator's peak
+RSS. Once, independent of the corpus: the ledger's cost per ``submit`` at the 1,000th checkpoint,
 re-reading the file per call (before) against the state kept in memory (now).
 
 Every slope is fitted to the measured sizes and extrapolated to MS MARCO's 8.8M passages; the
@@ -46,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--scatter-max",
         type=int,
         default=100_000,
-        help="largest size whose full-corpus metric is timed with 1, 2 and 4 shards",
+        help="largest size whose full-corpus metric is timed through a pool of 1, 2 and 4 validators",
     )
 
 
@@ -127,22 +129,54 @@ def _train_worker(cfg, baseline: bool) -> dict[str, Any]:
     }
 
 
-def _scatter_figures(cfg, checkpoint: str, step: int, shards=(1, 2, 4)) -> dict[str, Any]:
+def _validator_peak(validator) -> float:
+    """Run inside a validator actor (``__ray_call__``): its peak RSS."""
+    return _peak_mb()
+
+
+def _pool_figures(cfg, checkpoint: str, step: int, validators=(1, 2, 4)) -> dict[str, Any]:
     """Time to one checkpoint's full-corpus metric (the training queries over every passage)
-    with its corpus split over 1, 2 and 4 validator-shaped tasks; the metric must agree."""
-    from raydr.validation.scatter import full_corpus_metrics
+    through a real validation pool of 1, 2 and 4 warm one-CPU validators: one validator
+    validates it whole (holding the corpus, tokenised at warm-up), several share it as shards
+    (``validation.shards: auto``), each reading its own passages. Also each pool's largest
+    validator peak RSS. The metric must agree."""
+    import ray
+
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool, wait_idle
 
     metric = cfg.eval.primary_metric
-    # Warm-up, untimed: Ray starts the task processes (and they import torch) once; a pool's
-    # validators are warm too.
-    full_corpus_metrics(cfg, checkpoint, step, max(shards), split="train")
     out: dict[str, Any] = {}
-    for k in shards:
-        t0 = time.perf_counter()
-        got = full_corpus_metrics(cfg, checkpoint, step, k, split="train")
-        out[str(k)] = {"s": time.perf_counter() - t0, metric: got[metric]}
-    one = out[str(shards[0])]
-    for k in shards[1:]:
+    for k in validators:
+        full = cfg.validation.sampling.model_copy(update={"strategy": "full"})
+        over = {"enabled": True, "num_actors": k, "sampling": full}
+        vcfg = cfg.model_copy(
+            update={
+                "name": f"{cfg.name}-pool-{k}",
+                "validation": cfg.validation.model_copy(update=over),
+            }
+        )
+        pool = start_pool(vcfg, retain=False)
+        actors = ray.get(pool.actor_handles.remote())
+        ray.get([a.warm.remote() for a in actors])  # untimed: a pool's validators are warm
+        try:
+            ray.get(pool.submit.remote("t", step, checkpoint))
+            wait_idle(pool, timeout_s=3600, poll_s=0.1)
+            (row,) = Ledger.for_run(vcfg).results("t")
+            out[str(k)] = {
+                "s": row["queued_to_done_s"],
+                metric: row["metrics"][metric],
+                "shards": row["metrics"].get("shards", 1),
+                "validator_peak_rss_mb": max(
+                    ray.get([a.__ray_call__.remote(_validator_peak) for a in actors])
+                ),
+            }
+        finally:
+            ray.get(pool.close.remote())
+            for actor in [*actors, pool]:
+                ray.kill(actor)
+    one = out[str(validators[0])]
+    for k in validators[1:]:
         out[str(k)]["time_over_one"] = out[str(k)]["s"] / one["s"]
         out[str(k)]["metric_diff"] = abs(out[str(k)][metric] - one[metric])
     return out
@@ -340,10 +374,12 @@ def _config(work: Path, data: Path, model: Path, negatives: Path, steps: int, na
             "storage_path": str(work / "storage"),
             "keep": {"best": None},
         },
-        # Off for training; the scatter figures use its shape: one CPU a shard, no GPU here.
+        # Off for training; the pool figures use its shape: one CPU a validator, no GPU here.
         "validation": {"enabled": False, "num_cpus": 1, "num_gpus": 0, "split": "train"},
         "eval": {"depth": 100},
-        "ray": {"num_cpus": 2, "object_store_memory": 200 * 1024**2},
+        # Four logical CPUs, so four one-CPU validators can exist; the JSON names the machine's
+        # real cores, and the ratio cannot beat them.
+        "ray": {"num_cpus": 4, "object_store_memory": 200 * 1024**2},
     }
     return config.build(tree, "raydr bench scale").with_absolute_paths()
 
@@ -371,7 +407,7 @@ def _one_size(n: int, args: argparse.Namespace, model: Path) -> dict[str, Any]:
     row["mining_index"] = _index_figures(n, args.seed)
     if n <= args.scatter_max:
         ckpt = row["train_worker"].pop("checkpoint")
-        row["full_corpus_metric"] = _scatter_figures(cfg, ckpt, args.steps)
+        row["full_corpus_metric"] = _pool_figures(cfg, ckpt, args.steps)
     row["train_worker"].pop("checkpoint", None)
     row["train_worker_holding_the_corpus"].pop("checkpoint", None)
     print(
@@ -474,9 +510,16 @@ def run(args: argparse.Namespace) -> int:
         scatter = timed[-1]["full_corpus_metric"]
         for k, v in scatter.items():
             if "time_over_one" in v:
-                figures[f"full-corpus metric at {timed[-1]['passages']}, {k} shards / 1"] = v[
+                figures[f"full-corpus metric at {timed[-1]['passages']}, {k} validators / 1"] = v[
                     "time_over_one"
                 ]
+        first, last = timed[0]["full_corpus_metric"], timed[-1]["full_corpus_metric"]
+        grown = timed[-1]["passages"] // timed[0]["passages"]
+        for k, what in (("1", "whole"), ("4", "4 shards")):
+            if grown > 1 and k in first:
+                figures[f"validator peak RSS x{grown} corpus, {what}"] = (
+                    last[k]["validator_peak_rss_mb"] / first[k]["validator_peak_rss_mb"]
+                )
     publish(payload, args.out, figures, plot)
     return 0
 
@@ -533,10 +576,10 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     shards = sorted({k for r in timed for k in r["full_corpus_metric"]}, key=int)
     lines(
         axes[1, 2],
-        "time to a full-corpus metric (s)",
+        "time to a full-corpus metric through the pool (s)",
         [
             (
-                f"{k} shard(s)",
+                f"{k} validator(s)",
                 [r["passages"] for r in timed],
                 [r["full_corpus_metric"][k]["s"] for r in timed],
             )

@@ -94,6 +94,10 @@ def test_bench_scale_measures_the_smallest_size_and_cleans_up(tmp_path: Path) ->
     now, before = size["train_worker"], size["train_worker_holding_the_corpus"]
     assert now["peak_rss_mb"] > 0 and before["peak_rss_mb"] > 0
     assert size["store_build"]["disk_mb"] > 0 and size["bm25_mining"]["s"] > 0
+    # One checkpoint through pools of 1, 2 and 4 validators: whole, then scattered.
+    timed = size["full_corpus_metric"]
+    assert [timed[k]["shards"] for k in ("1", "2", "4")] == [1, 2, 4]
+    assert timed["4"]["metric_diff"] < 1e-4 and timed["4"]["validator_peak_rss_mb"] > 0
     # The ledger at its 1,000th checkpoint: the pool's state is in memory, the file read once.
     ledger = payload["ledger"]
     assert ledger["file_reads_by_the_1000th_submit"] == 0
