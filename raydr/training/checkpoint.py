@@ -422,7 +422,44 @@ def load(directory: str | Path, model_cfg):
     path = Path(resolve_model_path(str(directory)))
     if is_raydr(path):
         read(path)  # a complete raydr checkpoint, or one clear error
-    return load_model(path, model_cfg), load_tokenizer(path, model_cfg)
+    model, tokenizer = load_model(path, model_cfg), load_tokenizer(path, model_cfg)
+    passage = model.passage_tower or model.query_tower  # None: one shared tower
+    check_lengths(model_cfg, model.query_tower.config, passage.config, path)
+    return model, tokenizer
+
+
+def check_model(model_cfg) -> None:
+    """``model.name`` against the config, from its config files alone (the driver's check
+    before any worker loads weights)."""
+    from transformers import AutoConfig
+
+    from raydr.model.encoder import resolve_model_path
+
+    path = Path(resolve_model_path(model_cfg.name))
+    towers = [path / t for t in _TOWERS] if (path / _TOWERS[0]).is_dir() else [path, path]
+    try:
+        query, passage = (AutoConfig.from_pretrained(str(t)) for t in towers)
+    except (OSError, ValueError) as exc:
+        raise RaydrError(f"model.name: {path} is not a loadable model folder ({exc})") from None
+    check_lengths(model_cfg, query, passage, path)
+
+
+def check_lengths(model_cfg, query_config, passage_config, where: str | Path) -> None:
+    """The configured token lengths fit the towers' position embeddings; else one error naming
+    the field (past them, the encoder fails deep in transformers with an index error)."""
+    for field, config in (
+        ("passage_max_length", passage_config),
+        ("query_max_length", query_config),
+    ):
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit and config.model_type in {"roberta", "xlm-roberta", "camembert"}:
+            limit -= 2  # these offset positions past the padding index
+        asked = getattr(model_cfg, field)
+        if limit is not None and asked > limit:
+            raise RaydrError(
+                f"model.{field}={asked}, but {where} has {limit} positions; expected at most "
+                f"{limit}"
+            )
 
 
 def load_tokenizer(directory: str | Path, model_cfg=None):

@@ -54,9 +54,10 @@ def preflight(cfg: RaydrConfig) -> None:
     """Check the data against the config on the driver, so bad input fails in one clear line
     here rather than as a traceback from inside N workers."""
     from raydr.data.groups import build_rows, check_group_size, load_negatives, shard
-    from raydr.training import plan
+    from raydr.training import checkpoint, plan
 
     check_storage(cfg)
+    checkpoint.check_model(cfg.model)  # token lengths the model can take, before any worker
     tcfg = cfg.training
     negatives = load_negatives(tcfg.negatives) if tcfg.negatives else None
     dynamic = tcfg.mining.source == "dynamic"

@@ -15,6 +15,7 @@ def _job(tmp_path: Path, dataset: Path, model: Path | str = "all-MiniLM-L6-v2") 
     job = tmp_path / "job.yaml"
     job.write_text(
         f"name: t\noutput_dir: {tmp_path / 'runs'}\nmodel:\n  name: {model}\n"
+        "  passage_max_length: 128\n"  # the tiny BERT's positions
         f"data:\n  path: {dataset}\n  split: test\neval:\n  depth: 20\n  batch_size: 4\n"
     )
     return job
@@ -34,6 +35,9 @@ def test_evaluate_writes_metrics_and_run(
     assert metrics["num_queries"] == 5 and metrics["num_docs"] == 40
     run = (tmp_path / "runs/t/run.trec").read_text().splitlines()
     assert len(run) == 5 * 20  # depth 20 per query
+    # A query length past the model's 128 positions: one line naming the field.
+    assert main(["evaluate", str(job), "-q", "model.query_max_length=200"]) == 2
+    assert "model.query_max_length=200, but" in _one_error_line(capsys)
 
 
 def test_bm25_ranks_the_query_topic_first(tmp_path: Path, tiny_dataset: Path, capsys) -> None:

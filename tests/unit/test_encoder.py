@@ -74,7 +74,13 @@ def test_batches_sort_longest_first() -> None:
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_save_and_reload_roundtrip(tiny_model_dir: Path, tmp_path: Path, shared: bool) -> None:
-    cfg = ModelConfig(name=str(tiny_model_dir), shared=shared, pooling="cls", normalize=False)
+    cfg = ModelConfig(
+        name=str(tiny_model_dir),
+        shared=shared,
+        pooling="cls",
+        normalize=False,
+        passage_max_length=128,
+    )
     model = DualEncoder.from_config(cfg).eval()
     assert model.shared is shared
     ids = torch.tensor([[2, 7, 9, 3]])
