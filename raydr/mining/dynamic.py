@@ -66,20 +66,35 @@ class Clusters:
         return assign
 
 
+BLOCK = 65_536  # rows widened to float32 at a time: a refresh never copies the whole index
+
+
+def _blocks(n: int) -> Iterable[slice]:
+    return (slice(lo, min(lo + BLOCK, n)) for lo in range(0, n, BLOCK))
+
+
 def kmeans_assign(emb: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """Cluster (N, D) embeddings with faiss k-means → (N,) cluster ids."""
+    """Cluster (N, D) embeddings (fp16 or fp32) with faiss k-means → (N,) int32 cluster ids.
+
+    Trained on at most faiss's own sample (``max_points_per_centroid`` per cluster, drawn
+    seeded here so only the sample is widened to float32), then assigned block by block."""
     import faiss
 
     n = len(emb)
     c = max(1, min(n_clusters, n))
     if c == 1:
-        return np.zeros(n, dtype=np.int64)
+        return np.zeros(n, dtype=np.int32)
     km = faiss.Kmeans(emb.shape[1], c, niter=20, seed=seed, verbose=False, spherical=False)
     # faiss warns below 39 points per centroid; the clusters only steer the search, so fine.
     km.cp.min_points_per_centroid = 1
-    km.train(np.ascontiguousarray(emb, dtype=np.float32))
-    _, assign = km.index.search(np.ascontiguousarray(emb, dtype=np.float32), 1)
-    return assign[:, 0].astype(np.int64)
+    cap = km.cp.max_points_per_centroid * c
+    rows = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)) if n > cap else None
+    km.train(np.ascontiguousarray(emb if rows is None else emb[rows], dtype=np.float32))
+    assign = np.empty(n, dtype=np.int32)
+    for block in _blocks(n):
+        _, nearest = km.index.search(np.ascontiguousarray(emb[block], dtype=np.float32), 1)
+        assign[block] = nearest[:, 0]
+    return assign
 
 
 def clusters_from(emb: np.ndarray, assign: np.ndarray) -> Clusters:
@@ -87,18 +102,21 @@ def clusters_from(emb: np.ndarray, assign: np.ndarray) -> Clusters:
 
     Used after a Nyström correction: the assignment is kept, the geometry follows the docs, so
     the bounds stay valid for the corrected embeddings. ``emb`` is the stored index (fp16 or
-    fp32): the bounds hold for the values the search scores."""
-    emb = np.asarray(emb, dtype=np.float32)
+    fp32): the bounds hold for the values the search scores. Block by block, in row order (the
+    same sums as one pass), never widening the whole index."""
     n_clusters = int(assign.max()) + 1 if len(assign) else 0
     order = np.argsort(assign, kind="stable").astype(np.int32)
     sizes = np.bincount(assign, minlength=n_clusters)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     sums = np.zeros((n_clusters, emb.shape[1]), dtype=np.float64)
-    np.add.at(sums, assign, emb)
+    for block in _blocks(len(emb)):
+        np.add.at(sums, assign[block], np.asarray(emb[block], dtype=np.float32))
     centroids = (sums / np.maximum(sizes, 1)[:, None]).astype(np.float32)
-    dist = np.linalg.norm(emb - centroids[assign], axis=1)
     radius = np.zeros(n_clusters, dtype=np.float32)
-    np.maximum.at(radius, assign, dist.astype(np.float32))
+    for block in _blocks(len(emb)):
+        x = np.asarray(emb[block], dtype=np.float32)
+        dist = np.linalg.norm(x - centroids[assign[block]], axis=1)
+        np.maximum.at(radius, assign[block], dist.astype(np.float32))
     # A hair of slack: float32 rounding must never make a bound smaller than a true score.
     return Clusters(centroids, radius + 1e-5, order, offsets)
 
@@ -142,9 +160,10 @@ def refresh(
     dtype: str = "fp16",
 ) -> Snapshot:
     """A full refresh: every doc freshly encoded at ``step`` ((N, D), row i the passage at
-    position i), stored as ``dtype``, clustered anew over the stored values."""
+    position i), stored as ``dtype``, clustered anew over the stored values. ``doc_emb``
+    already in ``dtype`` (the validator encodes into it) is stored as it is, not copied."""
     stored = np.ascontiguousarray(doc_emb, dtype=DTYPES[dtype])
-    assign = kmeans_assign(stored.astype(np.float32), n_clusters, seed)
+    assign = kmeans_assign(stored, n_clusters, seed)
     return Snapshot(
         step=step,
         base_step=step,

@@ -22,15 +22,19 @@ if TYPE_CHECKING:
     from raydr.mining.dynamic import Kind, Snapshot
 
 
-@dataclass(frozen=True)
+@dataclass
 class _MiningData:
-    """The training corpus and queries as token ids, and where the validation subset sits."""
+    """The training queries as token ids, and where the corpus is read from. The corpus is not
+    held: a refresh reads and encodes it chunk by chunk (``CHUNK``), by store position."""
 
-    doc_ids: list[str]
-    docs: list[np.ndarray]
+    passages: str  # the store folder (``raydr.data.store``): index row p is its passage p
+    n_docs: int
     query_ids: list[str]
     queries: list[np.ndarray]
-    subset: np.ndarray  # (S,) corpus positions of the validation subset's docs
+    subset: np.ndarray | None = None  # (S,) store positions of the validation subset's docs
+
+
+CHUNK = 8192  # passages read, tokenised and encoded at a time by a refresh
 
 
 class Validator:
@@ -178,18 +182,22 @@ class Validator:
             kind = "refresh"  # a correction needs a refresh to correct
         mcfg = mining or MiningConfig()
         data = self._mining_data(retriever) if kind else None
-        n_docs = 0 if data is None else len(data.doc_ids)
+        n_docs = 0 if data is None else data.n_docs
         in_subset = (
-            {int(p): i for i, p in enumerate(data.subset)} if data is not None and validate else {}
+            {int(p): i for i, p in enumerate(self._subset_positions(data))}
+            if data is not None and validate
+            else {}
         )
         if kind == "nystrom":
-            prefer = data.subset if validate else ()
+            prefer = data.subset if validate else ()  # set by _subset_positions above
             marks = dynamic.pick_landmarks(
                 n_docs, mcfg.landmarks, self.cfg.seed + base.base_step, prefer
             )
             extra = [int(p) for p in marks if int(p) not in in_subset]
         else:
-            extra = [p for p in range(n_docs) if p not in in_subset] if kind else []
+            # Positions as an array: a list of 8.8M ints alone would be 300 MB.
+            everything = np.arange(n_docs if kind else 0, dtype=np.int64)
+            extra = np.setdiff1d(everything, np.fromiter(in_subset, np.int64, len(in_subset)))
         plan: dict[str, Any] = {}
         if kind is not None:
             plan = {
@@ -238,12 +246,14 @@ class Validator:
             yield None
             return
         # The mining part: only what validation did not already encode.
-        fresh = retriever.embed_ids([data.docs[p] for p in extra], "passages", batch_size=bs)
+        from raydr.data.store import PassageStore
+
+        store = PassageStore(data.passages)
         query_emb = retriever.embed_ids(data.queries, "queries", batch_size=bs)
         if kind == "refresh":
-            corpus = np.empty((n_docs, query_emb.shape[1]), dtype=np.float32)
-            if extra:
-                corpus[extra] = fresh
+            # Encoded straight into the stored dtype: no float32 copy of the corpus is held.
+            corpus = np.empty((n_docs, query_emb.shape[1]), dtype=dynamic.DTYPES[mcfg.index_dtype])
+            encode_into(corpus, retriever, store, extra, bs)
             if in_subset:
                 corpus[data.subset] = doc_emb  # one encode serves both
             n_clusters = mcfg.clusters or dynamic.default_clusters(n_docs)
@@ -257,6 +267,7 @@ class Validator:
                 dtype=mcfg.index_dtype,
             )
             return
+        fresh = retriever.embed(store.texts(extra), "passages", batch_size=bs)  # landmarks only
         landmark = np.empty((len(marks), query_emb.shape[1]), dtype=np.float32)
         row_of = {p: i for i, p in enumerate(extra)}
         for i, p in enumerate(int(p) for p in marks):
@@ -266,33 +277,50 @@ class Validator:
         )
 
     def _mining_data(self, retriever) -> _MiningData:
-        """The training corpus and queries, tokenised once per vocabulary."""
+        """The training queries, tokenised once per vocabulary, and the corpus's store."""
         key = "mining:" + retriever.tokenizer_fingerprint()
         if key not in self._mining:
-            import pyarrow.compute as pc
-
             from raydr.data.groups import build_rows
-            from raydr.data.tables import load_corpus
-            from raydr.data.text import passage_texts
+            from raydr.data.store import PassageStore, ensure_passages
 
-            corpus = load_corpus(self.cfg.data.path)
-            # Doc-id order: an index row is the passage at that position of the training data
-            # (raydr.data.store), which is what the workers' draws name.
-            corpus = corpus.take(pc.sort_indices(corpus, [("doc_id", "ascending")]))
-            doc_ids = corpus.column("doc_id").to_pylist()
+            # Store order (doc ids sorted): an index row is the passage at that position of the
+            # training data, which is what the workers' draws name.
+            folder = ensure_passages(self.cfg.data.path)
             rows = build_rows(self.cfg.data.path, self.cfg.training.split)
-            where = {d: i for i, d in enumerate(doc_ids)}
             self._mining[key] = _MiningData(
-                doc_ids=doc_ids,
-                docs=retriever.tokenize(passage_texts(corpus), "passages"),
+                passages=str(folder),
+                n_docs=len(PassageStore(folder)),
                 query_ids=[r.query_id for r in rows],
                 queries=retriever.tokenize([r.query for r in rows], "queries"),
-                subset=np.array([where[d] for d in self.split.doc_ids], dtype=np.int64),
             )
         return self._mining[key]
 
+    def _subset_positions(self, data: _MiningData) -> np.ndarray:
+        """Store positions of the validation subset's docs, in ``self.split``'s order (the rows
+        of a validation encode), found once."""
+        if data.subset is None:
+            from raydr.data.store import PassageStore
+
+            data.subset = PassageStore(data.passages).positions(self.split.doc_ids)
+        return data.subset
+
     def run_of_last(self) -> dict[str, dict[str, float]]:
         return self.last_run
+
+
+def encode_into(
+    out: np.ndarray,
+    retriever,
+    store,
+    positions: np.ndarray,
+    batch_size: int,
+    chunk: int = CHUNK,
+) -> None:
+    """Encode the store's passages at ``positions`` into ``out[positions]`` ((N, D), float32 or
+    the index's fp16), ``chunk`` passages at a time: the corpus's text is never held whole."""
+    for lo in range(0, len(positions), chunk):
+        part = positions[lo : lo + chunk]
+        out[part] = retriever.embed(store.texts(part), "passages", batch_size=batch_size)
 
 
 def validate_on_full_corpus(cfg: RaydrConfig, path: str, step: int, threads: int) -> dict[str, Any]:

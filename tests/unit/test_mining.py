@@ -345,6 +345,13 @@ def test_more_landmarks_than_corpus_docs_is_refused_before_training(
     bad = config.build(_dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir, landmarks=41), "t")
     with pytest.raises(RaydrError, match=r"landmarks=41 is larger than the training corpus \(40"):
         preflight(bad)
+    # Token lengths past the model's positions: named before any worker loads the weights.
+    tree = _dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir)
+    tree["model"]["passage_max_length"] = 129
+    with pytest.raises(
+        RaydrError, match=r"model\.passage_max_length=129, but .* has 128 positions"
+    ):
+        preflight(config.build(tree, "t"))
 
 
 def test_tune_searches_the_negative_source_and_checks_every_candidate(
@@ -386,3 +393,20 @@ def test_the_pool_plans_refreshes_and_never_publishes_an_older_index_over_a_newe
     state.publish(30, "index-30", "refresh")
     assert state.published == (40, "index-40")  # readers keep the newer index
     assert state.base == (30, "index-30")  # the refresh still becomes what Nyström corrects
+
+
+def test_a_refresh_goes_block_by_block_without_copying_the_index(monkeypatch) -> None:
+    from raydr.mining import dynamic
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3000, 16)).astype(np.float16)  # > 256 per centroid: a sampled fit
+    one = dynamic.refresh(0, emb, ["q"], emb[:1].astype(np.float32), 4, seed=1)
+    assert np.shares_memory(one.doc_emb, emb)  # already fp16: stored as it is
+    monkeypatch.setattr(dynamic, "BLOCK", 7)
+    blocks = dynamic.refresh(0, emb, ["q"], emb[:1].astype(np.float32), 4, seed=1)
+    for name in ("order", "offsets", "centroids", "radius"):
+        np.testing.assert_array_equal(getattr(one.clusters, name), getattr(blocks.clusters, name))
+    # The radii bound every member, from the stored values.
+    c = blocks.clusters
+    dist = np.linalg.norm(emb.astype(np.float32) - c.centroids[c.assignment()], axis=1)
+    assert (dist <= c.radius[c.assignment()]).all()

@@ -119,3 +119,26 @@ def test_a_judged_doc_missing_from_the_corpus_stays_out_of_the_groups(
     pq.write_table(pa.table([table["query_id"], lists], schema=NEGATIVES), clean)
     with pytest.raises(RaydrError, match=rf"query '{two.query_id}' has no positive in corpus"):
         store.ensure(dataset, "test", clean)
+
+
+def test_a_refresh_encodes_the_store_chunk_by_chunk_into_each_passages_own_row(
+    dataset: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from conftest import tiny_tree
+
+    from raydr import config
+    from raydr.retrieval.dense import DenseRetriever
+    from raydr.training import checkpoint
+    from raydr.validation.validator import encode_into
+
+    cfg = config.build(tiny_tree("enc", tmp_path, dataset, tiny_model_dir), "test")
+    retriever = DenseRetriever(*checkpoint.load(str(tiny_model_dir), cfg.model), cfg)
+    passages = store.PassageStore(store.ensure_passages(dataset))
+    n = len(passages)
+    positions = np.random.default_rng(1).permutation(n)[: n - 5]  # out of order, some left out
+    out = np.full((n, retriever.embed(["x"], "passages").shape[1]), np.nan, dtype=np.float32)
+    encode_into(out, retriever, passages, positions, batch_size=4, chunk=7)
+    whole = retriever.embed(passages.texts(range(n)), "passages", batch_size=64)
+    np.testing.assert_allclose(out[positions], whole[positions], atol=1e-5)
+    untouched = np.setdiff1d(np.arange(n), positions)
+    assert np.isnan(out[untouched]).all()
