@@ -19,6 +19,18 @@ def load_corpus(root: Path | str) -> pa.Table:
     return _read(Path(root) / "corpus.parquet", CORPUS)
 
 
+def corpus_size(root: Path | str) -> int:
+    """Docs in the corpus, from the Parquet footer (no text is read)."""
+    _manifest(root)
+    path = Path(root) / "corpus.parquet"
+    if not path.is_file():
+        raise RaydrError(f"{path}: missing; the dataset is incomplete, re-import it")
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as err:
+        raise RaydrError(f"{path}: unreadable Parquet ({err})") from None
+
+
 def load_queries(root: Path | str) -> pa.Table:
     """All queries (``query_id``, ``text``), including those without qrels."""
     _manifest(root)

@@ -84,11 +84,25 @@ def preflight(cfg: RaydrConfig) -> None:
 
 
 def check_mining(cfg: RaydrConfig, rows) -> None:
-    """Dynamic negatives: landmarks and negatives per query must fit in the training corpus."""
-    from raydr.data.tables import load_corpus
+    """Dynamic negatives: the index's clusters and probes, landmarks and negatives per query
+    must fit in the training corpus."""
+    from raydr.data.tables import corpus_size
+    from raydr.mining.dynamic import default_clusters
 
     mcfg, tcfg = cfg.training.mining, cfg.training
-    n_docs = load_corpus(cfg.data.path).num_rows
+    n_docs = corpus_size(cfg.data.path)
+    if mcfg.clusters is not None and mcfg.clusters > n_docs:
+        raise RaydrError(
+            f"training.mining.clusters={mcfg.clusters} is larger than the training corpus "
+            f"({n_docs} docs in {cfg.data.path}); expected at most {n_docs}, or unset (√N)"
+        )
+    clusters = mcfg.clusters or default_clusters(n_docs)
+    if isinstance(mcfg.nprobe, int) and mcfg.nprobe > clusters:
+        raise RaydrError(
+            f"training.mining.nprobe={mcfg.nprobe} exceeds the index's {clusters} clusters "
+            f"(training.mining.clusters, default √N of {n_docs} docs); expected at most "
+            f"{clusters}, or exact"
+        )
     if mcfg.landmarks > n_docs:
         raise RaydrError(
             f"training.mining.landmarks={mcfg.landmarks} is larger than the training corpus "

@@ -345,6 +345,14 @@ def test_more_landmarks_than_corpus_docs_is_refused_before_training(
     bad = config.build(_dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir, landmarks=41), "t")
     with pytest.raises(RaydrError, match=r"landmarks=41 is larger than the training corpus \(40"):
         preflight(bad)
+    # An index that does not fit the corpus: 41 clusters of 40 docs, 7 probes of √40 = 6.
+    for field, value, message in (
+        ("clusters", 41, r"mining\.clusters=41 is larger than the training corpus \(40 docs"),
+        ("nprobe", 7, r"mining\.nprobe=7 exceeds the index's 6 clusters"),
+    ):
+        tree = _dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir, **{field: value})
+        with pytest.raises(RaydrError, match=message):
+            preflight(config.build(tree, "t"))
     # Token lengths past the model's positions: named before any worker loads the weights.
     tree = _dynamic_tree(tmp_path, tiny_dataset, tiny_model_dir)
     tree["model"]["passage_max_length"] = 129
