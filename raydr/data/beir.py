@@ -35,6 +35,7 @@ _BEIR_HEADER = ["query-id", "corpus-id", "score"]
 # One JSON line must fit in one block; pyarrow's 1 MiB default rejects long documents.
 _JSON_BLOCK_SIZE = 16 << 20
 _EXAMPLES = 5  # ids quoted in a warning
+CORPUS_ROW_GROUP = 1 << 16  # docs per Parquet row group of corpus.parquet
 _INT = re.compile(r"-?[0-9]+")  # what pyarrow accepts: no "+", no spaces
 
 
@@ -79,7 +80,9 @@ def import_beir(
         corpus = pa.table([raw["_id"], pc.fill_null(raw["title"], ""), raw["text"]], schema=CORPUS)
         raw = _read_jsonl(queries_path, {"_id": True, "text": True})
         queries = pa.table([raw["_id"], raw["text"]], schema=QUERIES)
-        pq.write_table(corpus, tmp / "corpus.parquet")
+        # Row groups of 64k docs: a reader that streams the corpus (the store build) holds one
+        # group's text at a time, not a million docs'.
+        pq.write_table(corpus, tmp / "corpus.parquet", row_group_size=CORPUS_ROW_GROUP)
         pq.write_table(queries, tmp / "queries.parquet")
 
         (tmp / "qrels").mkdir()

@@ -31,6 +31,7 @@ removed):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ import pyarrow as pa
 from raydr.errors import RaydrError
 
 STORE_VERSION = 2
-_BATCH = 1 << 16  # rows per record batch: position → (batch, offset) with no search
+_BATCH = 1 << 16  # rows per record batch of the files built here (rows: position → batch by divmod)
 _PASSAGES = pa.schema([("doc_id", pa.string()), ("passage", pa.string())])
 _ROWS = pa.schema(
     [
@@ -105,12 +106,14 @@ class _Strings:
         mapped.seek(0)
         base = mapped.read_buffer(mapped.size()).address  # the batches are slices of this map
         self._where = []  # per batch: (file offset of its int32 offsets, of its bytes)
+        self._starts = []  # per batch: its first row (batches may differ in length)
         self.num_rows = 0
         for i in range(reader.num_record_batches):
             array = reader.get_batch(i).column(column)
             _, offsets, data = array.buffers()
             start = offsets.address - base + 4 * array.offset
             self._where.append((start, data.address - base if data is not None else 0))
+            self._starts.append(self.num_rows)
             self.num_rows += len(array)
         mapped.close()  # from here on only the file descriptor is used
         self._fd = os.open(path, os.O_RDONLY)
@@ -123,7 +126,8 @@ class _Strings:
     def __getitem__(self, position: int) -> str:
         if not 0 <= position < self.num_rows:
             raise IndexError(f"position {position} outside 0..{self.num_rows - 1}")
-        batch, i = divmod(int(position), _BATCH)
+        batch = bisect.bisect_right(self._starts, position) - 1
+        i = int(position) - self._starts[batch]
         offsets, data = self._where[batch]
         lo, hi = np.frombuffer(os.pread(self._fd, 8, offsets + 4 * i), dtype="<i4")
         return os.pread(self._fd, int(hi - lo), data + int(lo)).decode("utf-8")
@@ -235,16 +239,22 @@ def ensure_passages(data_dir: str | Path, root: Path | None = None) -> Path:
 
 
 def _build_passages(data_dir: Path, folder: Path) -> None:
+    """Sort the corpus by doc id into ``folder`` without holding its text: the ids alone are
+    sorted; the passages stream to a scratch file as they come, then are read back by position,
+    one batch at a time, in id order (the driver's memory is the ids', not the corpus's)."""
     import pyarrow.compute as pc
 
     from raydr.atomic import atomic_dir
-    from raydr.data.tables import load_corpus
+    from raydr.data.tables import corpus_ids, iter_corpus
     from raydr.data.text import passage_texts
 
-    corpus = load_corpus(data_dir)
-    order = pc.sort_indices(corpus, [("doc_id", "ascending")])
-    ids = corpus["doc_id"].take(order)
-    keys = _keys(ids.to_pylist())
+    ids = corpus_ids(data_dir)
+    order = pc.sort_indices(ids).to_numpy()
+    ids = ids.take(order).combine_chunks()  # sorted
+    keys = np.concatenate(
+        [_keys(ids.slice(lo, _BATCH).to_pylist()) for lo in range(0, len(ids), _BATCH)]
+        or [np.empty(0, dtype=np.uint64)]
+    )
     slots = np.argsort(keys, kind="stable")
     sorted_keys = keys[slots]
     twins = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
@@ -254,17 +264,29 @@ def _build_passages(data_dir: Path, folder: Path) -> None:
         raise RaydrError(f"{data_dir / 'corpus.parquet'}: {what}; doc ids must be unique")
     try:
         with atomic_dir(folder, overwrite=True) as tmp:
+            scratch = tmp / "unsorted.arrow"  # file order, batches as Parquet gives them
+            _write_ipc(
+                scratch,
+                _PASSAGES,
+                (
+                    [part["doc_id"].combine_chunks(), pa.array(passage_texts(part))]
+                    for part in iter_corpus(data_dir, _BATCH)
+                ),
+            )
+            unsorted = _Strings(scratch, 1)
             _write_ipc(
                 tmp / "passages.arrow",
                 _PASSAGES,
                 (
-                    [part["doc_id"].combine_chunks(), pa.array(passage_texts(part))]
-                    for part in (
-                        corpus.take(order[start : start + _BATCH])
-                        for start in range(0, len(order), _BATCH)
-                    )
+                    [
+                        ids.slice(lo, _BATCH),
+                        pa.array([unsorted[r] for r in order[lo : lo + _BATCH]]),
+                    ]
+                    for lo in range(0, len(order), _BATCH)
                 ),
             )
+            del unsorted
+            scratch.unlink()
             np.save(tmp / "slots.npy", slots.astype(np.int64))
             np.save(tmp / "keys.npy", sorted_keys)  # last: its presence marks a whole store
             (tmp / "store.json").write_text(
@@ -321,7 +343,8 @@ def _build_rows(
 
 
 def _write_ipc(path: Path, schema: pa.Schema, batches: Iterable[list[pa.Array]]) -> None:
-    """An Arrow IPC file of ``_BATCH``-row record batches (the last may be shorter)."""
+    """An Arrow IPC file, one record batch per item of ``batches`` (``_BATCH`` rows each,
+    the last shorter, except in the build's scratch file)."""
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for columns in batches:
             writer.write_batch(pa.record_batch(columns, schema=schema))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,43 @@ def load_corpus(root: Path | str) -> pa.Table:
     return _read(Path(root) / "corpus.parquet", CORPUS)
 
 
-def corpus_size(root: Path | str) -> int:
-    """Docs in the corpus, from the Parquet footer (no text is read)."""
+def _corpus_file(root: Path | str) -> Path:
     _manifest(root)
     path = Path(root) / "corpus.parquet"
     if not path.is_file():
         raise RaydrError(f"{path}: missing; the dataset is incomplete, re-import it")
+    return path
+
+
+def corpus_size(root: Path | str) -> int:
+    """Docs in the corpus, from the Parquet footer (no text is read)."""
+    path = _corpus_file(root)
     try:
         return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as err:
+        raise RaydrError(f"{path}: unreadable Parquet ({err})") from None
+
+
+def corpus_ids(root: Path | str) -> pa.ChunkedArray:
+    """The corpus's ``doc_id`` column alone, in file order (no text is read)."""
+    path = _corpus_file(root)
+    ids = pa.schema([CORPUS.field("doc_id")])
+    try:
+        table = pq.read_table(path, columns=["doc_id"])
+    except (OSError, pa.ArrowException) as err:
+        raise RaydrError(f"{path}: unreadable Parquet ({err})") from None
+    return conform(table, ids, str(path)).column("doc_id")
+
+
+def iter_corpus(root: Path | str, rows: int) -> Iterator[pa.Table]:
+    """The corpus table (as ``load_corpus`` gives it) in slices of at most ``rows`` rows, read
+    a record batch at a time: memory is a slice's, not the corpus's."""
+    path = _corpus_file(root)
+    try:
+        # One row group at a time: no read-ahead threads or pre-buffering, which hold several.
+        reader = pq.ParquetFile(path, pre_buffer=False)
+        for batch in reader.iter_batches(batch_size=rows, use_threads=False):
+            yield conform(pa.Table.from_batches([batch]), CORPUS, str(path))
     except (OSError, pa.ArrowException) as err:
         raise RaydrError(f"{path}: unreadable Parquet ({err})") from None
 

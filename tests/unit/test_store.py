@@ -76,6 +76,38 @@ def test_built_once_then_rebuilt_when_the_source_changes(dataset: Path, negative
     assert len(store.PassageStore(second.passages)) == corpus.num_rows + 1
 
 
+def test_the_store_is_built_batch_by_batch_across_row_groups(dataset: Path, monkeypatch) -> None:
+    corpus = load_corpus(dataset)
+    shuffled = corpus.take(np.random.default_rng(2).permutation(corpus.num_rows))
+    # Row groups of 5 against record batches of 7: every slice boundary falls mid-group.
+    pq.write_table(shuffled, dataset / "corpus.parquet", row_group_size=5)
+    monkeypatch.setattr(store, "_BATCH", 7)
+    passages = store.PassageStore(store.ensure_passages(dataset))
+    text = dict(zip(corpus["doc_id"].to_pylist(), passage_texts(corpus), strict=True))
+    ids = sorted(text)
+    assert [passages.doc_id(i) for i in range(len(ids))] == ids
+    assert passages.texts(range(len(ids))) == [text[d] for d in ids]
+    assert passages.positions(ids[::-1]).tolist() == list(range(len(ids)))[::-1]
+    assert [p.name for p in Path(passages.folder).iterdir() if p.suffix == ".arrow"] == [
+        "passages.arrow"
+    ]  # the scratch copy is gone
+
+
+def test_a_string_column_reads_by_position_across_uneven_batches(tmp_path: Path) -> None:
+    words = [f"w{i}" * (i % 4) for i in range(10)]  # "" included
+    cuts = [(0, 3), (3, 8), (8, 10)]  # batches of 3, 5 and 2 rows
+    path = tmp_path / "uneven.arrow"
+    store._write_ipc(
+        path,
+        store._PASSAGES,
+        ([pa.array(words[a:b]), pa.array(words[a:b][::-1])] for a, b in cuts),
+    )
+    ids = store._Strings(path, 0)
+    assert ids.num_rows == 10 and [ids[i] for i in range(10)] == words
+    with pytest.raises(IndexError):
+        ids[10]
+
+
 def test_bad_data_is_one_error_naming_the_file(
     dataset: Path, negatives: Path, tmp_path: Path
 ) -> None:
