@@ -8,6 +8,7 @@ directory the command runs in (jobs are launched from the repository root).
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +209,10 @@ class MiningConfig(Section):
         description="the published index's embeddings: fp16 halves its bytes; top-k and softmax "
         "draws stay exact over the stored (rounded) embeddings",
     )
+
+    def clusters_for(self, n_docs: int) -> int:
+        """``clusters``, or √N: probing costs C centroid scores plus the probed members."""
+        return self.clusters or max(1, int(math.sqrt(n_docs)))
 
 
 class KeepConfig(Section):

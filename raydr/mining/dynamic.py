@@ -256,8 +256,10 @@ def nystrom_update(
 
 
 def default_clusters(n_docs: int) -> int:
-    """√N clusters: probing costs C centroid scores plus the probed clusters' members."""
-    return max(1, int(math.sqrt(n_docs)))
+    """√N clusters (``training.mining.clusters`` unset): see ``MiningConfig.clusters_for``."""
+    from raydr.config import MiningConfig
+
+    return MiningConfig().clusters_for(n_docs)
 
 
 EXACT_BELOW = 100_000  # docs: exact search and sampling below, ``nprobe`` clusters from here on

@@ -87,7 +87,6 @@ def check_mining(cfg: RaydrConfig, rows) -> None:
     """Dynamic negatives: the index's clusters and probes, landmarks and negatives per query
     must fit in the training corpus."""
     from raydr.data.tables import corpus_size
-    from raydr.mining.dynamic import default_clusters
 
     mcfg, tcfg = cfg.training.mining, cfg.training
     n_docs = corpus_size(cfg.data.path)
@@ -96,7 +95,7 @@ def check_mining(cfg: RaydrConfig, rows) -> None:
             f"training.mining.clusters={mcfg.clusters} is larger than the training corpus "
             f"({n_docs} docs in {cfg.data.path}); expected at most {n_docs}, or unset (√N)"
         )
-    clusters = mcfg.clusters or default_clusters(n_docs)
+    clusters = mcfg.clusters_for(n_docs)
     if isinstance(mcfg.nprobe, int) and mcfg.nprobe > clusters:
         raise RaydrError(
             f"training.mining.nprobe={mcfg.nprobe} exceeds the index's {clusters} clusters "
