@@ -86,6 +86,7 @@ class ValidationPool:
         self.freed = Freed.load(cfg)  # a resumed run goes on counting
         # Scatter (``scatter.pool_shards``): the store the shards read, and each one's positions.
         self.passages, self.parts = shards if shards else (None, [])
+        self.whole = subset is None  # the shards cover every passage: a refresh can use them
         self._gathering: dict[Key, Gathering] = {}
         self._queries: dict[str, Any] | None = None  # the validation queries, for scoring
 
@@ -125,10 +126,15 @@ class ValidationPool:
         return True
 
     def _enqueue(self, job: Job) -> None:
-        """Queue ``job``: as one job per shard when the pool scatters and the checkpoint only
-        needs validating (a mining refresh needs the whole corpus in one validator)."""
-        if self.parts and job.validate and job.mine is None:
-            self._gathering[job.key] = Gathering(len(self.parts))
+        """Queue ``job``: as one job per shard when the pool scatters and the checkpoint needs
+        validating, or a full refresh whose shards cover the whole corpus (then they also keep
+        their embeddings, and one more job assembles the index from them). A Nyström
+        correction, or a refresh beside a subset's shards, runs whole in one validator."""
+        refresh = job.mine == "refresh" and self.whole and job.parts is None
+        if self.parts and job.part is None and ((job.validate and job.mine is None) or refresh):
+            self._gathering[job.key] = Gathering(
+                len(self.parts), validate=job.validate, refresh=refresh
+            )
             for part in range(len(self.parts)):
                 self.queue.put(replace(job, part=part))
         else:
@@ -145,10 +151,12 @@ class ValidationPool:
         dropped: dict[Key, Job] = {}
         for job in self.queue.drop(trial):
             gathering = self._gathering.get(job.key)
-            if gathering is not None and gathering.runs:  # under way: it finishes
+            if gathering is not None and gathering.runs and job.validate:  # under way: finishes
                 self.queue.put(job)
-            elif job.validate:
+                continue
+            if job.part is not None:
                 self._gathering.pop(job.key, None)
+            if job.validate:
                 dropped[job.key] = job
         for job in dropped.values():
             self.ledger.append(cancelled_row(trial, job.step, job.path, reason))
@@ -190,7 +198,7 @@ class ValidationPool:
         state = self._mining.get(trial)
         if state is None:
             state = self._mining[trial] = Publication(settings)
-            self.queue.put(Job(trial, 0, model, validate=False, mine="refresh"))
+            self._enqueue(Job(trial, 0, model, validate=False, mine="refresh"))
         newer = state.newer_than(have_step)
         return None if newer is None else list(newer)
 
@@ -214,6 +222,11 @@ class ValidationPool:
             mine, mining = None, None
         written = False  # the checkpoint's closing row is in the ledger
         try:
+            if job.parts is not None:  # a scattered refresh: its shards' embeddings, joined
+                index_ref = actor.assemble.remote(path, step, job.parts, mining.settings)
+                index = await index_ref
+                mining.publish(step, index_ref, index.kind)
+                return
             base = mining.base[1] if mine == "nystrom" else None
             # Streamed: validation's metrics come first, so the row (and the metric Tune reads)
             # never waits for the corpus encode; the new index follows.
@@ -282,15 +295,29 @@ class ValidationPool:
 
     async def _run_shard(self, actor, job: Job) -> None:
         """One shard of a scattered checkpoint; the last one in scores the merged run and
-        writes the checkpoint's one closing row. A validator that dies mid-shard costs that
+        writes the checkpoint's one closing row (and, for a refresh, queues the assembly of
+        the index from the shards' embeddings). A validator that dies mid-shard costs that
         shard alone (queued again); a checkpoint that cannot be loaded fails once."""
-        gathering = self._gathering[job.key]
+        gathering = self._gathering.get(job.key)
         try:
-            if gathering.closed:  # another shard already failed the checkpoint
+            if gathering is None or gathering.closed:  # another shard already failed it
                 return
             gathering.started(job.part)
-            out = await actor.shard.remote(job.path, job.step, self.passages, self.parts[job.part])
+            args = (job.path, job.step, self.passages, self.parts[job.part])
+            if gathering.refresh:  # the embeddings stay in the object store, for assemble
+                keep = self._mining[job.trial].settings.index_dtype
+                out_ref, emb_ref = actor.shard.options(num_returns=2).remote(*args, keep)
+                out = await out_ref
+                gathering.embeddings[job.part] = emb_ref
+            else:
+                out = await actor.shard.remote(*args)
             if gathering.closed or not gathering.add(job.part, out):
+                return
+            if gathering.refresh:  # queued first: the index never waits for the scoring
+                parts = [gathering.embeddings[i] for i in range(gathering.shards)]
+                self.queue.put(Job(job.trial, job.step, job.path, False, "refresh", parts=parts))
+            if not gathering.validate:
+                self._close(job, gathering, None)
                 return
             if self._queries is None:
                 from raydr.validation.scatter import queries_of
@@ -299,17 +326,23 @@ class ValidationPool:
                     queries_of, self.cfg, self.cfg.validation.split
                 )
             metrics = await asyncio.to_thread(gathering.metrics, self.cfg, self._queries, job.step)
-            self._close(
-                job,
-                done_row(
-                    job.trial,
-                    job.step,
-                    job.path,
-                    metrics,
-                    queued_to_done_s=time.time() - gathering.queued_at,
-                    attempts=max(metrics["shard_runs"]),
-                ),
+            if gathering.refresh:
+                settings = self._mining[job.trial].settings
+                metrics.update(
+                    mining_kind="refresh",
+                    index_step=job.step,
+                    index_base_step=job.step,
+                    refresh_every=settings.refresh_every,
+                )
+            row = done_row(
+                job.trial,
+                job.step,
+                job.path,
+                metrics,
+                queued_to_done_s=time.time() - gathering.queued_at,
+                attempts=max(metrics["shard_runs"]),
             )
+            self._close(job, gathering, row)
         except ray.exceptions.RayActorError as exc:
             gave_up = self.queue.retry(job)
             if gave_up is None:
@@ -317,48 +350,48 @@ class ValidationPool:
                     "validator died on %s step %d shard %d; re-doing that shard", *job.key, job.part
                 )
             else:
-                self._close(
-                    job,
-                    failed_row(
-                        job.trial,
-                        job.step,
-                        job.path,
-                        f"validator died {gave_up} times on shard {job.part}: {exc}",
-                    ),
-                )
+                reason = f"validator died {gave_up} times on shard {job.part}: {exc}"
+                self._fail(job, gathering, reason)
             await self._revive(actor)
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
             reason = (
                 str(cause) if isinstance(cause, RaydrError) else f"{type(cause).__name__}: {cause}"
             )
-            self._close(job, failed_row(job.trial, job.step, job.path, reason))
+            self._fail(job, gathering, reason)
         except Exception as exc:
             log.exception("validation of %s step %d failed outside the validator", *job.key)
             try:
-                self._close(
-                    job, failed_row(job.trial, job.step, job.path, f"{type(exc).__name__}: {exc}")
-                )
+                self._fail(job, gathering, f"{type(exc).__name__}: {exc}")
             except Exception:  # the ledger itself is unwritable: a restarted pool redoes it
                 log.exception("cannot record the failure of %s step %d", *job.key)
         finally:
             self._retaining += 1
             self.queue.finished(actor, job)
-            if gathering.closed and not self.queue.has(job.key):
-                self._gathering.pop(job.key, None)
             try:
                 await self._retain(job.trial)
             finally:
                 self._retaining -= 1
 
-    def _close(self, job: Job, row) -> None:
-        """Write a scattered checkpoint's one closing row (once, whichever shard gets here)."""
-        gathering = self._gathering[job.key]
+    def _fail(self, job: Job, gathering: Gathering, reason: str) -> None:
+        """A scattered checkpoint cannot be finished: its failed row, if it owes one."""
+        if not gathering.validate:
+            log.error("mining index of %s step %d lost: %s", *job.key, reason)
+            self._close(job, gathering, None)
+            return
+        self._close(job, gathering, failed_row(job.trial, job.step, job.path, reason))
+
+    def _close(self, job: Job, gathering: Gathering, row) -> None:
+        """Close a scattered checkpoint once, whichever shard gets here: write its row (None:
+        a mining-only refresh owes none) and forget it, so its remaining shards are skipped."""
         if gathering.closed:
             return
         gathering.closed = True  # before the write: a failing write must not be retried twice
-        self.ledger.append(row)
-        self.meet.signal()
+        if self._gathering.get(job.key) is gathering:
+            del self._gathering[job.key]
+        if row is not None:
+            self.ledger.append(row)
+            self.meet.signal()
 
     async def _retain(self, trial: str, strays: bool = False) -> None:
         """Apply ``training.keep`` to ``trial`` now that its rows changed (see ``retention``);

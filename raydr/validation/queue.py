@@ -31,6 +31,7 @@ class Job:
     mine: Kind | None = None  # what the checkpoint does for the trial's mining index
     rung: bool = False  # a scheduler decides on this checkpoint's metric
     part: int | None = None  # which shard of a scattered validation (None: the whole job)
+    parts: list | None = None  # a scattered refresh's shard embeddings (refs), to assemble
     seq: int = 0  # arrival order, set when queued
 
     @property
@@ -141,10 +142,6 @@ class WorkQueue:
         return {j.step for j in self.waiting if j.trial == trial} | {
             step for t, step in self._running if t == trial
         }
-
-    def has(self, key: Key) -> bool:
-        """Whether any job of checkpoint ``key`` is waiting or running."""
-        return key in self._running or any(j.key == key for j in self.waiting)
 
     def idle(self) -> bool:
         return not self.waiting and not self.running

@@ -92,7 +92,8 @@ def top_within(
 ) -> tuple[Run, float]:
     """Each query's exact top-``eval.depth`` among the store's passages at ``positions``,
     encoded now (read by position: nothing else of the corpus is held). ``query_emb``: (Q, D)
-    for ``q["query_ids"]``. → (the run, seconds spent encoding)."""
+    for ``q["query_ids"]``. → (the run, seconds spent encoding, the (len(positions), D)
+    passage embeddings)."""
     from raydr.retrieval.index import build_index, retrieve
 
     t0 = time.perf_counter()
@@ -102,7 +103,7 @@ def top_within(
     )
     encode_s = time.perf_counter() - t0
     index = build_index(doc_emb, cfg.index)
-    return retrieve(index, query_emb, q["query_ids"], doc_ids, cfg.eval.depth), encode_s
+    return retrieve(index, query_emb, q["query_ids"], doc_ids, cfg.eval.depth), encode_s, doc_emb
 
 
 def merge(parts: list[Run], depth: int) -> Run:
@@ -196,6 +197,9 @@ class Gathering:
     outputs: dict[int, dict[str, Any]] = field(default_factory=dict)
     runs: dict[int, int] = field(default_factory=dict)  # part → times started
     closed: bool = False  # done or failed: later outputs of this checkpoint are dropped
+    validate: bool = True  # a closing row is owed (a mining-only refresh owes none)
+    refresh: bool = False  # the shards' embeddings also make the trial's mining index
+    embeddings: dict[int, Any] = field(default_factory=dict)  # part → ref, for a refresh
     queued_at: float = field(default_factory=time.time)
 
     def started(self, part: int) -> None:

@@ -107,11 +107,20 @@ class Validator:
             return 0
         return len(self._tokenized(retriever)[0])
 
-    def shard(self, path: str, step: int, passages: str, positions: Sequence[int]) -> dict:
+    def shard(
+        self,
+        path: str,
+        step: int,
+        passages: str,
+        positions: Sequence[int],
+        keep: str | None = None,
+    ) -> dict | tuple[dict, np.ndarray]:
         """One shard of a scattered validation: the validation queries' exact top-``depth``
         among the passages at ``positions`` of the store at ``passages`` (read by position, so
         this holds its shard's text only). → {"run": per-query top lists, timings, sizes};
-        the pool merges the shards' runs and scores them once (``scatter.merge``)."""
+        the pool merges the shards' runs and scores them once (``scatter.merge``). ``keep``
+        (an index dtype, for a scattered refresh): → (that dict, the passages' embeddings in
+        that dtype), two returns, so the embeddings stay in the object store for ``assemble``."""
         from raydr.data.store import PassageStore
         from raydr.validation.scatter import top_within
 
@@ -122,10 +131,10 @@ class Validator:
         bs = self.cfg.validation.batch_size
         query_emb = retriever.embed_ids(queries, "queries", batch_size=bs)
         t_queries = time.perf_counter()
-        run, encode_s = top_within(
+        run, encode_s, doc_emb = top_within(
             self.cfg, retriever, PassageStore(passages), positions, query_emb, self.queries
         )
-        return {
+        out = {
             "run": run,
             "passages_encoded": len(positions),
             "load_s": t_load - t0,
@@ -135,6 +144,37 @@ class Validator:
             "started_at": started_at,
             "finished_at": time.time(),
         }
+        if keep is None:
+            return out
+        from raydr.mining.dynamic import DTYPES
+
+        return out, np.ascontiguousarray(doc_emb, dtype=DTYPES[keep])
+
+    def assemble(self, path: str, step: int, parts: list, mining: MiningConfig) -> Snapshot:
+        """A scattered refresh's index: the shards' embeddings (refs, in position order, each
+        read zero-copy from the object store) joined into one (N, D) array, the training
+        queries encoded with the checkpoint at ``path``, then clustered (``dynamic.refresh``)."""
+        import ray
+
+        from raydr.mining import dynamic
+
+        retriever = self._retriever(path)
+        data = self._mining_data(retriever)
+        query_emb = retriever.embed_ids(
+            data.queries, "queries", batch_size=self.cfg.validation.batch_size
+        )
+        corpus = np.concatenate(ray.get(parts))  # the one copy: the index's own rows
+        if len(corpus) != data.n_docs:
+            raise RuntimeError(f"shards cover {len(corpus)} docs of {data.n_docs}")
+        return dynamic.refresh(
+            step,
+            corpus,
+            data.query_ids,
+            query_emb,
+            mining.clusters_for(data.n_docs),
+            self.cfg.seed,
+            dtype=mining.index_dtype,
+        )
 
     def validate(self, path: str, step: int) -> dict[str, Any]:
         """Score the checkpoint of ``step`` at ``path``. → flat dict: metrics, the declared
@@ -256,7 +296,7 @@ class Validator:
             encode_into(corpus, retriever, store, extra, bs)
             if in_subset:
                 corpus[data.subset] = doc_emb  # one encode serves both
-            n_clusters = mcfg.clusters or dynamic.default_clusters(n_docs)
+            n_clusters = mcfg.clusters_for(n_docs)
             yield dynamic.refresh(
                 step,
                 corpus,

@@ -335,3 +335,49 @@ def test_a_checkpoint_before_the_first_index_is_validated_without_a_second_refre
     assert row["metrics"]["passages_encoded"] == row["metrics"]["subset_size"]
     assert _wait_index(pool, "t", cfg, 0).kind == "refresh"
     ray.kill(pool)
+
+
+def test_a_refresh_scattered_over_the_pool_builds_the_index_one_validator_would(
+    slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path
+) -> None:
+    from raydr.validation.ledger import Ledger
+    from raydr.validation.pool import start_pool, wait_idle
+    from raydr.validation.validator import Validator
+
+    _delay()
+    # Full strategy, two validators: checkpoints and full refreshes are cut in two.
+    tree = _tree(tmp_path, tiny_dataset, tiny_model_dir)
+    tree["validation"] = {**tree["validation"], "num_actors": 2, "sampling": {"strategy": "full"}}
+    cfg = _cfg(tree)
+    pool = start_pool(cfg)
+    ray.get([a.warm.remote() for a in ray.get(pool.actor_handles.remote())])
+    assert _published(pool, "t", cfg) is None  # the initial index: two shards, then assembled
+    first = _wait_index(pool, "t", cfg, 0)
+    alone = Validator(cfg, None)
+    _, whole = alone.work(
+        cfg.model.name, 0, mine="refresh", mining=cfg.training.mining, validate=False
+    )
+    assert (first.kind, first.n_docs, first.doc_emb.dtype) == ("refresh", 40, whole.doc_emb.dtype)
+    np.testing.assert_allclose(first.doc_emb, whole.doc_emb, atol=2e-3)  # fp16, other batches
+    np.testing.assert_allclose(first.query_emb, whole.query_emb, atol=2e-3)
+    assert first.query_ids == whole.query_ids
+
+    ckpt = write_checkpoint(tmp_path / "ckpts", tiny_model_dir, 20, cfg)
+    ray.get(pool.submit.remote("t", 20, str(ckpt)))  # 20 steps on: a full refresh, scattered
+    refreshed = _wait_index(pool, "t", cfg, 20)
+    assert (refreshed.kind, refreshed.base_step) == ("refresh", 20)
+    assert wait_idle(pool, timeout_s=120, poll_s=0.1)
+    (row,) = Ledger.for_run(cfg).results("t")
+    m = row["metrics"]
+    assert (m["shards"], m["mining_kind"], m["index_step"], m["passages_encoded"]) == (
+        2,
+        "refresh",
+        20,
+        40,  # one encode served validation and the index
+    )
+    plain = alone.validate(str(ckpt), 20)
+    for name in cfg.eval.metrics:
+        assert m[name] == pytest.approx(plain[name], abs=1e-4), name
+    # Two refreshes of two shards and one assembly each: nothing else ran.
+    assert ray.get(pool.dispatched.remote()) == 2 * (2 + 1)
+    ray.kill(pool)
