@@ -387,8 +387,9 @@ class ValidationConfig(Section):
         description="validators that share one checkpoint's validation (pool mode): its corpus "
         "(or subset) is cut into this many shards, each encoded by a free validator, and the "
         "metric is scored once from their merged top lists; auto = every validator "
-        "(num_actors) when sampling.strategy is full, else 1. Checkpoints that also rebuild the "
-        "dynamic-negatives index are not split (one encode serves both)",
+        "(num_actors) when sampling.strategy is full, else 1. Under strategy full a full refresh "
+        "of the dynamic-negatives index is split too, its shards' embeddings joined into the "
+        "index; a Nyström correction runs whole",
     )
 
     @model_validator(mode="after")
