@@ -89,7 +89,7 @@ def top_within(
     positions: Sequence[int],
     query_emb: np.ndarray,
     q: dict[str, Any],
-) -> tuple[Run, float]:
+) -> tuple[Run, float, np.ndarray]:
     """Each query's exact top-``eval.depth`` among the store's passages at ``positions``,
     encoded now (read by position: nothing else of the corpus is held). ``query_emb``: (Q, D)
     for ``q["query_ids"]``. → (the run, seconds spent encoding, the (len(positions), D)
