@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test on a fake autoscaling cluster shows the head's logs (raylet, GCS, monitor)
+    beside its traceback: the cluster's temp dir is gone once the test ends."""
+    report = yield
+    cluster = getattr(item, "funcargs", {}).get("fake_cluster")
+    if report.when == "call" and report.failed and cluster is not None:
+        report.sections.append(("fake cluster: the head's logs", cluster.log_tail()))
+    return report
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT over the topic words, saved in HF format."""

@@ -187,8 +187,10 @@ class FakeAutoscalingCluster:
         )
         deadline = time.time() + timeout_s
         # Up means the autoscaler has reported once, not only that the head answers: a monitor
-        # that fails on its config leaves a head that answers and never scales.
-        while not (self._answers() and self._autoscaler_reported()):
+        # that fails on its config leaves a head that answers and never scales. And the head's
+        # raylet is registered: a driver joins through it, and on a loaded machine it can come
+        # up after the GCS and the monitor (ray.init then waits 60 s and gives up).
+        while not (self._answers() and self._autoscaler_reported() and self._head_alive()):
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop(keep_logs=True)
                 raise RuntimeError(
@@ -209,6 +211,30 @@ class FakeAutoscalingCluster:
         reply = GetClusterStatusReply()
         reply.ParseFromString(raw)
         return reply.autoscaling_state.autoscaler_state_version > 0
+
+    def _head_alive(self) -> bool:
+        from ray._raylet import GcsClient
+        from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+        try:
+            nodes = GcsClient(self.address).get_all_node_info(
+                timeout=5, state_filter=GcsNodeInfo.GcsNodeState.ALIVE
+            )
+        except Exception:  # the GCS is still starting
+            return False
+        return any(node.is_head_node for node in nodes.values())
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the head's own logs (raylet, GCS, monitor): what a failed connect
+        or a node that never came leaves behind, before `stop` removes them."""
+        logs = Path(self.temp) / "session_latest" / "logs"
+        parts = []
+        for name in ("raylet.out", "gcs_server.out", "monitor.log", "monitor.err"):
+            path = logs / name
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path}\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def _answers(self) -> bool:
         return answers(self.port, self.dashboard_port)

@@ -41,6 +41,9 @@ def _cluster(idle_timeout_s: float = IDLE_TIMEOUT_S):
     ).start()
     try:
         yield cluster
+    except BaseException:
+        print(cluster.log_tail())  # its temp dir is about to go
+        raise
     finally:
         ray.shutdown()
         cluster.stop()
