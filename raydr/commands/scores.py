@@ -59,8 +59,50 @@ def best(args: argparse.Namespace) -> None:
             indent=2,
         )
     )
-    if args.export:
+    if args.mix is not None or args.soup is not None:
+        _blend(args, ledger, best)
+    elif args.export:
         print(f"exported to {export(best, args.export)}")
+
+
+def _blend(args: argparse.Namespace, ledger, best: dict) -> None:
+    """``--mix`` / ``--soup``: a weight-space ensemble of the run, chosen on its dev set."""
+    from raydr import blend
+
+    if args.export is None:
+        raise RaydrError("--mix and --soup write a model: give --export DIR")
+    if args.mix is not None and args.soup is not None:
+        raise RaydrError("--mix and --soup: choose one")
+    rows = ledger.results(args.trial)
+    kept = blend.kept_checkpoints(rows, args.metric)
+    if not kept:
+        raise RaydrError(f"{ledger.path}: no validated checkpoint is still on disk to blend")
+    chooses = args.mix == "auto" or args.soup == "greedy"
+    scorer = blend.DevScorer(kept[0], args.metric, ledger.path.parent / "subset.json")
+    try:
+        if args.mix is not None:
+            record = blend.mix(
+                best["checkpoint"], args.mix, args.export, scorer if chooses else None
+            )
+        else:
+            record = blend.soup(kept, args.export, args.soup, scorer if chooses else None)
+    finally:
+        scorer.close()
+    print(blend.describe(record))
+    print(f"exported to {args.export}")
+
+
+def _mix(text: str) -> float | str:
+    """``--mix``: auto, or α in [0, 1]."""
+    if text == "auto":
+        return text
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = float("nan")
+    if not 0.0 <= alpha <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or auto, got {text!r}")
+    return alpha
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +120,17 @@ def _best_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="nDCG@10")
     p.add_argument("--trial", help="only this trial")
     p.add_argument("--export", type=Path, help="copy the model there (HF + sentence-transformers)")
+    p.add_argument(
+        "--mix",
+        type=_mix,
+        metavar="ALPHA|auto",
+        help="export (1-ALPHA)*base + ALPHA*best (WiSE-FT); auto: ALPHA chosen on dev",
+    )
+    p.add_argument(
+        "--soup",
+        choices=["uniform", "greedy"],
+        help="export the average of the kept checkpoints (greedy: each kept if dev does not drop)",
+    )
 
 
 VERBS = (

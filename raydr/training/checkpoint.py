@@ -304,6 +304,116 @@ def export(directory: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
+def base_model(directory: str | Path) -> str:
+    """The model a checkpoint's training started from (its ``model.name``), as a folder."""
+    from raydr.model.encoder import resolve_model_path
+
+    name = (read(directory).config.get("model") or {}).get("name")
+    if not name:
+        raise RaydrError(f"{Path(directory) / META}: the config names no model.name")
+    return resolve_model_path(name)
+
+
+def _tower_folders(folder: Path) -> list[Path]:
+    """Where a model folder keeps its weights: itself, or its query/ and passage/ towers."""
+    towers = [folder / t for t in _TOWERS]
+    return towers if all(t.is_dir() for t in towers) else [folder]
+
+
+def _tower_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (folder / "model.safetensors").is_file():
+        try:
+            return load_file(str(folder / "model.safetensors"))
+        except Exception as exc:  # safetensors raises its own types for damaged files
+            raise RaydrError(f"{folder / 'model.safetensors'}: unreadable ({exc})") from None
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise RaydrError(
+        f"{folder}: no model.safetensors or pytorch_model.bin (sharded weights cannot be blended)"
+    )
+
+
+def blend(
+    sources: list[str | Path], weights: list[float], out: str | Path, record: dict[str, Any]
+) -> Path:
+    """Write θ = Σ wᵢ·θᵢ over ``sources`` (weight-space ensembling: a WiSE-FT mix of a
+    fine-tuned checkpoint with its base model, or a soup of checkpoints) as a checkpoint at
+    ``out``, atomically.
+
+    ``sources[0]`` is a raydr checkpoint: the blend takes its files (tokenizer, config,
+    sentence-transformers modules, record) and its dtype; the others are raydr checkpoints or
+    Hugging Face folders of the same architecture (a one-tower base serves both towers of a
+    two-tower checkpoint). The pooler, which raydr stores but never trains, is the first
+    source's. ``record`` is added to the blend's ``raydr.json`` under ``blend``. Nothing is
+    loaded on a GPU: the cost is one pass over the weights, and encoding is unchanged."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    if len(sources) != len(weights) or not sources:
+        raise ValueError("one weight per source")
+    first = Path(sources[0])
+    read(first)  # complete, or one clear error
+    towers = _tower_folders(first)
+    with atomic_dir(out, overwrite=True) as tmp:
+        for item in first.iterdir():
+            if item.name not in {STATE, META, *_TOWERS, *_WEIGHTS}:
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        for tower in towers:
+            template = _tower_weights(tower)
+            mixed = {k: torch.zeros(v.shape, dtype=torch.float32) for k, v in template.items()}
+            for source, w in zip(sources, weights, strict=True):
+                state = _tower_weights(_source_tower(Path(source), tower.name, len(towers)))
+                _check_same_architecture(template, state, Path(source), first)
+                for key, value in mixed.items():
+                    if key in _POOLER or not template[key].is_floating_point():
+                        continue  # never trained / integer buffers: the first source's
+                    value.add_(state[key].to(torch.float32), alpha=float(w))
+            blended = {
+                k: (v.to(template[k].dtype) if template[k].is_floating_point() else template[k])
+                for k, v in mixed.items()
+            }
+            blended.update({k: template[k] for k in _POOLER if k in template})
+            dest = tmp if len(towers) == 1 else tmp / tower.name
+            if dest != tmp:
+                shutil.copytree(
+                    tower, dest, ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
+                )
+            save_file(
+                {k: v.contiguous() for k, v in blended.items()},
+                str(dest / "model.safetensors"),
+                metadata={"format": "pt"},
+            )
+        meta = json.loads((first / META).read_text())
+        meta["blend"] = record
+        meta["files"] = _file_sizes(tmp)
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return Path(out)
+
+
+def _source_tower(source: Path, tower: str, n_towers: int) -> Path:
+    if n_towers == 1:
+        return source
+    return source / tower if (source / tower).is_dir() else source  # a one-tower base
+
+
+def _check_same_architecture(
+    template: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: Path, first: Path
+) -> None:
+    for key, value in template.items():
+        if key in _POOLER:
+            continue
+        other = state.get(key)
+        if other is None or other.shape != value.shape:
+            found = "absent" if other is None else f"shape {tuple(other.shape)}"
+            raise RaydrError(
+                f"{source}: not the architecture of {first}: tensor {key!r} is {found}, "
+                f"expected shape {tuple(value.shape)}"
+            )
+
+
 def listed(run_dir: str | Path) -> list[Path]:
     """The raydr checkpoint folders of one Ray Train run, by step."""
     run_dir = Path(run_dir)
