@@ -40,6 +40,48 @@ def bm25(args: argparse.Namespace) -> None:
     )
 
 
+def compare(args: argparse.Namespace) -> None:
+    """Per-query paired tests of run files against a baseline run, on the job's qrels."""
+    from raydr import atomic, config
+    from raydr.data.tables import load_qrels
+    from raydr.retrieval.metrics import drop_identical_ids, per_query, read_trec_run
+    from raydr.retrieval.significance import paired
+
+    cfg = config.load(args.config, args.overrides)
+    metric = args.metric or cfg.eval.primary_metric
+    qrels = load_qrels(cfg.data.path, cfg.data.split)
+
+    def values(path: Path) -> dict[str, float]:
+        run = read_trec_run(path)
+        if cfg.eval.ignore_identical_ids:
+            run = drop_identical_ids(run)
+        return per_query(qrels, run, [metric])[metric]
+
+    base = values(args.baseline)
+    rows = [{"run": str(path), **paired(base, values(path))} for path in args.run]
+    width = max(len(r["run"]) for r in rows)
+    print(
+        f"{metric} on {cfg.data.path} {cfg.data.split} ({len(base)} queries), "
+        f"against {args.baseline}: {rows[0]['baseline']:.4f}"
+    )
+    for r in rows:
+        print(
+            f"{r['run']:<{width}}  {r['mean']:.4f}  {r['diff']:+.4f}  "
+            f"{r['wins']}/{r['ties']}/{r['losses']}  t-test p={r['t_test_p']:.3g}  "
+            f"Wilcoxon p={r['wilcoxon_p']:.3g}"
+        )
+    if args.out:
+        payload = {
+            "metric": metric,
+            "data": str(cfg.data.path),
+            "split": cfg.data.split,
+            "baseline": str(args.baseline),
+            "runs": rows,
+        }
+        atomic.write_json(args.out, payload)
+        print(f"→ {args.out}")
+
+
 def best(args: argparse.Namespace) -> None:
     from raydr.validation.ledger import Ledger
     from raydr.validation.report import best_row, export
@@ -133,6 +175,16 @@ def _best_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    job_arguments(p)
+    p.add_argument("--baseline", type=Path, required=True, help="the TREC run compared against")
+    p.add_argument(
+        "--run", type=Path, action="append", required=True, help="a TREC run (repeat for more)"
+    )
+    p.add_argument("--metric", help="default: eval.primary_metric")
+    p.add_argument("--out", type=Path, help="write the comparison as JSON")
+
+
 VERBS = (
     Verb(
         "evaluate",
@@ -142,4 +194,10 @@ VERBS = (
     ),
     Verb("bm25", "BM25 baseline run and metrics (bm25s)", job_arguments, bm25),
     Verb("best", "the best checkpoint of a run by validation metric", _best_arguments, best),
+    Verb(
+        "compare",
+        "paired significance (t-test, Wilcoxon) of runs against a baseline run",
+        _compare_arguments,
+        compare,
+    ),
 )

@@ -26,21 +26,53 @@ def score(qrels: Qrels, run: Run, measures: list[str]) -> dict[str, float]:
     Queries in ``qrels`` that are missing from ``run`` count as zero, as in ``trec_eval -c``,
     so a validator that loses queries cannot look better than it is.
     """
+    return {
+        name: sum(values.values()) / len(values)
+        for name, values in per_query(qrels, run, measures).items()
+    }
+
+
+def per_query(qrels: Qrels, run: Run, measures: list[str]) -> dict[str, dict[str, float]]:
+    """``{measure: {query_id: value}}`` for every query in ``qrels`` (absent from ``run``: 0,
+    as ``trec_eval -c``): what a paired significance test compares."""
     import ir_measures
 
     if not qrels:
         raise RaydrError("no judged queries to score (qrels are empty)")
     parsed = check_measures(measures)
     full_run = {q: dict(run.get(q, {})) for q in qrels}
-    per_query = {str(m): [] for m in parsed}
+    found: dict[str, dict[str, float]] = {str(m): {} for m in parsed}
     for metric in ir_measures.iter_calc(parsed, qrels, full_run):
-        per_query[str(metric.measure)].append((metric.query_id, metric.value))
-    out = {}
-    for name, m in zip(measures, parsed, strict=True):
-        values = dict(per_query[str(m)])
-        # ir-measures omits queries with an empty run; trec_eval -c scores them 0.
-        out[name] = sum(values.get(q, 0.0) for q in qrels) / len(qrels)
-    return out
+        found[str(metric.measure)][metric.query_id] = metric.value
+    # ir-measures omits queries with an empty run; trec_eval -c scores them 0.
+    return {
+        name: {q: found[str(m)].get(q, 0.0) for q in qrels}
+        for name, m in zip(measures, parsed, strict=True)
+    }
+
+
+def read_trec_run(path) -> dict[str, dict[str, float]]:
+    """A TREC run file (``qid Q0 docid rank score tag`` lines) → ``{qid: {docid: score}}``;
+    a malformed line is one error naming the file and line."""
+    run: dict[str, dict[str, float]] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                try:
+                    qid, _, did, _, value = fields[:5]
+                    run.setdefault(qid, {})[did] = float(value)
+                except ValueError:
+                    raise RaydrError(
+                        f"{path}:{number}: expected 'QID Q0 DOCID RANK SCORE TAG', got {line.strip()!r}"
+                    ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RaydrError(f"{path}: cannot read the run file ({exc})") from None
+    if not run:
+        raise RaydrError(f"{path}: an empty run file")
+    return run
 
 
 def score_run(
