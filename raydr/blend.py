@@ -3,7 +3,10 @@
 
 - **A mix** (WiSE-FT, Wortsman et al. 2022): θ = (1−α)·θ_base + α·θ_fine-tuned, with the base
   the model the run started from. α = 1 is the checkpoint, α = 0 the base; in between keeps
-  more of what the base knew off the training corpus. ``auto`` picks α on dev from a grid.
+  more of what the base knew off the training corpus. ``auto`` scores a grid of α on dev and
+  takes the smallest α within one standard error of dev's best (per-query, paired): dev comes
+  from the training corpus, so it cannot reward what the base knows elsewhere, and among the
+  choices it cannot tell apart the one nearest the base is the safer one off that corpus.
 - **A soup** (Wortsman et al. 2022, "model soups"): the uniform average of the kept
   checkpoints, or the greedy one: checkpoints in order of their validation metric, each kept
   only where the average with it scores no lower on dev.
@@ -39,28 +42,30 @@ def check_alpha(alpha: float) -> float:
 
 
 class DevScorer:
-    """Scores a model folder on a run's dev set, as its validators did. ``subset``: the run's
-    saved ``subset.json`` (None: the whole validation split)."""
+    """Scores a model folder on a run's dev set, as its validators did. ``subset``: the file of
+    the run's saved subset (None or absent: the whole validation split)."""
 
     def __init__(self, checkpoint: str | Path, metric: str, subset: Path | None) -> None:
         from raydr import config
-        from raydr.training.checkpoint import read
+        from raydr.training.checkpoint import META, read
         from raydr.validation.sampling import read_subset
 
-        meta = Path(checkpoint) / "raydr.json"
-        cfg = config.build(read(checkpoint).config, str(meta))
+        cfg = config.build(read(checkpoint).config, str(Path(checkpoint) / META))
         self.scratch = Path(tempfile.mkdtemp(prefix="raydr-blend-"))
         # Its outputs go to scratch; the data split is dev, never the job's test split.
+        measures = cfg.eval.metrics if metric in cfg.eval.metrics else [*cfg.eval.metrics, metric]
         self.cfg = cfg.model_copy(
             update={
                 "output_dir": self.scratch,
                 "data": cfg.data.model_copy(update={"split": cfg.validation.split}),
-                "eval": cfg.eval.model_copy(update={"write_run": False}),
+                "eval": cfg.eval.model_copy(
+                    update={"write_run": False, "metrics": measures, "primary_metric": metric}
+                ),
             }
         )
         self.metric = metric
         self.subset = read_subset(subset) if subset is not None and subset.is_file() else None
-        self.scored: list[dict[str, Any]] = []
+        self.per_query: dict[str, dict[str, float]] = {}  # label → {query id: value}
 
     @property
     def where(self) -> str:
@@ -76,7 +81,7 @@ class DevScorer:
                 f"--metric {self.metric!r}: evaluation reports {sorted(result.metrics)}"
             )
         score = float(result.metrics[self.metric])
-        self.scored.append({"candidate": label, self.metric: score})
+        self.per_query[label] = result.per_query
         log.info("dev %s %s = %.4f", label, self.metric, score)
         return score
 
@@ -93,6 +98,7 @@ def mix(
 ) -> dict[str, Any]:
     """Write (1−α)·base + α·``checkpoint`` at ``out``; ``alpha="auto"``: the grid's best on
     dev (``scorer``). → the blend's record."""
+    from raydr.retrieval.significance import within_one_standard_error
     from raydr.training.checkpoint import base_model, blend
 
     checkpoint, out = Path(checkpoint), Path(out)
@@ -102,13 +108,23 @@ def mix(
         if scorer is None:
             raise ValueError("--mix auto needs a dev scorer")
         scores = {}
-        for a in grid:
+        for a in sorted(grid):
             candidate = scorer.scratch / f"mix-{a}"
             blend([checkpoint, base], [check_alpha(a), 1.0 - a], candidate, record)
             scores[a] = scorer(candidate, f"alpha={a}")
             shutil.rmtree(candidate)
-        alpha = max(scores, key=lambda a: (scores[a], a))  # a tie keeps more of the fine-tuning
-        record["dev"] = {"on": scorer.where, "metric": scorer.metric, "by_alpha": scores}
+        best = max(scores, key=lambda a: (scores[a], a))
+        per = {a: scorer.per_query[f"alpha={a}"] for a in scores}
+        # Of the α that dev cannot tell from its best, the one nearest the base: it keeps the
+        # most of what the base knew off this corpus, which dev (from the same corpus) cannot see.
+        alpha = min(a for a in scores if within_one_standard_error(per[best], per[a]))
+        record["dev"] = {
+            "on": scorer.where,
+            "metric": scorer.metric,
+            "by_alpha": scores,
+            "best_alpha": best,
+            "rule": "the smallest alpha within one standard error (per query) of dev's best",
+        }
     alpha = check_alpha(float(alpha))
     record["alpha"] = alpha
     blend([checkpoint, base], [alpha, 1.0 - alpha], out, record)
@@ -177,7 +193,8 @@ def describe(record: dict[str, Any]) -> str:
     dev = record.get("dev") or {}
     lines = [f"chosen on {dev['on']} ({dev['metric']})"] if dev else []
     for a, score in (dev.get("by_alpha") or {}).items():
-        lines.append(f"  alpha {a:.1f}: {score:.4f}")
+        mark = " (dev's best)" if a == dev.get("best_alpha") else ""
+        lines.append(f"  alpha {a:.2f}: {score:.4f}{mark}")
     for step in dev.get("greedy") or []:
         mark = "kept" if step["kept"] else "dropped"
         lines.append(f"  {step['added']}: {step[dev['metric']]:.4f} ({mark})")

@@ -16,7 +16,7 @@ from typing import Any
 from raydr import atomic
 from raydr.config import RaydrConfig
 from raydr.data.split import load_split
-from raydr.retrieval.metrics import write_trec_run
+from raydr.retrieval.metrics import per_query, write_trec_run
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,9 @@ class EvalResult:
     primary_metric: str
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    # The primary metric per query (not written to metrics.json; ``raydr compare`` reads run
+    # files): what a paired choice between models needs.
+    per_query: dict[str, float] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +100,9 @@ def evaluate(
             + (f"-{cfg.index.faiss_type}" if cfg.index.backend == "faiss" else ""),
         },
     )
+    result.per_query = per_query(split.qrels, run, [cfg.eval.primary_metric])[
+        cfg.eval.primary_metric
+    ]
     write_outputs(cfg.paths.run_dir, result, run if cfg.eval.write_run else None)
     return result
 

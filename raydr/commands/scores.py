@@ -110,6 +110,7 @@ def best(args: argparse.Namespace) -> None:
 def _blend(args: argparse.Namespace, ledger, best: dict) -> None:
     """``--mix`` / ``--soup``: a weight-space ensemble of the run, chosen on its dev set."""
     from raydr import blend
+    from raydr.validation.sampling import subset_beside
 
     if args.export is None:
         raise RaydrError("--mix and --soup write a model: give --export DIR")
@@ -120,7 +121,7 @@ def _blend(args: argparse.Namespace, ledger, best: dict) -> None:
     if not kept:
         raise RaydrError(f"{ledger.path}: no validated checkpoint is still on disk to blend")
     chooses = args.mix == "auto" or args.soup == "greedy"
-    scorer = blend.DevScorer(kept[0], args.metric, ledger.path.parent / "subset.json")
+    scorer = blend.DevScorer(kept[0], args.metric, subset_beside(ledger.path))
     try:
         if args.mix is not None:
             record = blend.mix(

@@ -51,3 +51,16 @@ def _t_test_p(stats, a: np.ndarray, b: np.ndarray, diff: np.ndarray) -> float:
     if np.all(diff == diff[0]):
         return 0.0  # the same gain on every query: t is infinite (scipy warns and says nan)
     return float(stats.ttest_rel(b, a).pvalue)
+
+
+def within_one_standard_error(best: Mapping[str, float], other: Mapping[str, float]) -> bool:
+    """``other`` trails ``best`` by at most one standard error of their per-query difference
+    (the "one-standard-error rule" of model selection: among choices that the evaluation
+    cannot tell from the best, take the simplest)."""
+    if set(best) != set(other):
+        raise RaydrError("one-standard-error rule: the systems were scored on different queries")
+    qids = sorted(best)
+    diff = np.array([best[q] - other[q] for q in qids], dtype=np.float64)
+    if len(diff) < 2 or not np.any(diff):
+        return bool(diff.mean() <= 0) if len(diff) else True
+    return bool(diff.mean() <= diff.std(ddof=1) / np.sqrt(len(diff)))

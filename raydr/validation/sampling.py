@@ -118,6 +118,11 @@ def subset_path(cfg: RaydrConfig) -> Path:
     return validation_dir(cfg) / "subset.json"
 
 
+def subset_beside(ledger_path: str | Path) -> Path:
+    """Where a run saved its subset, found from its ledger's path (``raydr best``)."""
+    return Path(ledger_path).parent / "subset.json"
+
+
 def read_subset(path: str | Path) -> list[str]:
     """The doc ids of a saved validation subset, or one clear error."""
     try:

@@ -10,6 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_tree, write_checkpoint
@@ -132,7 +133,18 @@ def test_mix_auto_and_a_greedy_soup_choose_what_the_dev_scores_say(run, tmp_path
         record = blend.mix(best, "auto", tmp_path / "auto", scorer, grid=(0.0, 0.5, 1.0))
         by_alpha = record["dev"]["by_alpha"]
         assert set(by_alpha) == {0.0, 0.5, 1.0} and len(set(by_alpha.values())) == 3
-        assert record["alpha"] == max(by_alpha, key=by_alpha.get)
+        best_alpha = max(by_alpha, key=by_alpha.get)
+        assert record["dev"]["best_alpha"] == best_alpha
+        # The chosen α: the smallest whose per-query dev values trail the best's by at most one
+        # standard error of the difference.
+        per = {a: scorer.per_query[f"alpha={a}"] for a in by_alpha}
+
+        def close(a: float) -> bool:
+            d = np.array([per[best_alpha][q] - per[a][q] for q in per[a]])
+            return d.mean() <= d.std(ddof=1) / np.sqrt(len(d))
+
+        assert record["alpha"] == min(a for a in by_alpha if close(a))
+        assert all(sum(per[a].values()) / len(per[a]) == pytest.approx(by_alpha[a]) for a in per)
         # Each dev score is the candidate's own, on dev: α = 1 scores as the checkpoint does
         # there, α = 0 as the base; neither is its test score.
         on = {}

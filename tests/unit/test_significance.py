@@ -83,3 +83,15 @@ def test_compare_reads_run_files_on_the_jobs_qrels(
     assert main([*argv, "--run", str(broken)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("raydr: error:") and "broken.trec:2:" in line
+
+
+def test_the_one_standard_error_rule_keeps_what_dev_cannot_tell_from_the_best() -> None:
+    from raydr.retrieval.significance import within_one_standard_error
+
+    qids = [f"q{i}" for i in range(100)]
+    best = {q: 0.8 for q in qids}
+    noisy = {q: 0.8 + (0.3 if i % 2 else -0.31) for i, q in enumerate(qids)}  # -0.005, se 0.03
+    worse = {q: 0.8 - (0.05 if i % 10 else 0.0) for i, q in enumerate(qids)}  # -0.045, se 0.0015
+    assert within_one_standard_error(best, noisy) and within_one_standard_error(best, best)
+    assert not within_one_standard_error(best, worse)
+    assert within_one_standard_error(best, {q: 0.9 for q in qids})  # better than the best
