@@ -1,4 +1,5 @@
-"""``raydr import-beir``, ``build-debian``, ``mine-negatives``: datasets in, negatives out."""
+"""``raydr import-beir``, ``build-debian``, ``build-manpages``, ``mine-negatives``: datasets
+in, negatives out."""
 
 from __future__ import annotations
 
@@ -48,6 +49,22 @@ def build_debian(args: argparse.Namespace) -> None:
         num_docs=args.docs,
         seed=args.seed,
         min_words=args.min_words,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(report, indent=2))
+
+
+def build_manpages(args: argparse.Namespace) -> None:
+    from raydr.data.manpages import build_manpages_collection, default_source
+
+    report = build_manpages_collection(
+        args.source or [default_source()],
+        args.out,
+        num_queries=args.queries,
+        num_docs=args.docs,
+        seed=args.seed,
+        min_words=args.min_words,
+        max_words=args.max_words,
         overwrite=args.overwrite,
     )
     print(json.dumps(report, indent=2))
@@ -105,6 +122,25 @@ def _build_debian_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
+def _build_manpages_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="output BEIR folder (written atomically)")
+    p.add_argument(
+        "--source",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="a folder of manual pages (man<N>/NAME.N[.gz]); repeat for more. Default: "
+        "/usr/share/man. Offline: apt-get download manpages manpages-dev, then "
+        "dpkg-deb -x each .deb into DIR and pass DIR/usr/share/man",
+    )
+    p.add_argument("--queries", type=int, default=300, help="queries, drawn among the docs")
+    p.add_argument("--docs", type=int, default=800, help="documents in the corpus")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    p.add_argument("--min-words", type=int, default=30, help="drop descriptions shorter than this")
+    p.add_argument("--max-words", type=int, default=300, help="a document's first words kept")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
 def _mine_arguments(p: argparse.ArgumentParser) -> None:
     job_arguments(p)
     p.add_argument("--depth", type=int, default=30, help="negatives kept per query")
@@ -122,6 +158,12 @@ VERBS = (
         "an offline BEIR folder from Debian package descriptions (synopsis → description)",
         _build_debian_arguments,
         build_debian,
+    ),
+    Verb(
+        "build-manpages",
+        "an offline third collection from manual pages (NAME summary → DESCRIPTION)",
+        _build_manpages_arguments,
+        build_manpages,
     ),
     Verb(
         "mine-negatives",

@@ -9,41 +9,30 @@ Input: Debian control-format files (deb822), such as apt's ``*_i18n_Translation-
 xz or lz4 files are read; the format is told by the first bytes, not the name. lz4 has no
 stdlib reader: the ``lz4`` Python package is used when installed, else the ``lz4`` program.
 
-Cleaning, so that every qrel is right: a package name keeps its first stanza (in source
-order); packages with no synopsis or a long description under ``min_words`` words are
-dropped; then every package whose synopsis or long description (compared case- and
-whitespace-insensitively) another package shares is dropped, all of them: such ``lib``/
-``-dev``/``-doc`` variants would make two documents equally right for one query.
-
-Output (written atomically as a whole): ``corpus.jsonl``, ``queries.jsonl``,
-``qrels/test.tsv`` and ``SOURCE.md``, ready for ``raydr import-beir``.
+A package name keeps its first stanza (in source order). Cleaning, the draw and the output
+are ``raydr.data.pairs``'s: packages with a short long description go, and so do all the
+``lib``/``-dev``/``-doc`` variants that share a synopsis or a description, which would make two
+documents equally right for one query.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
-import json
 import lzma
 import shutil
 import subprocess
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
-from raydr.atomic import atomic_dir
 from raydr.data.lines import numbered_lines
+from raydr.data.pairs import SPLIT, Pair, check_sizes, write_collection
 from raydr.errors import RaydrError
 
 APT_LISTS = Path("/var/lib/apt/lists")
 APT_UPDATE = "apt-get update -o Acquire::Languages=en"
-QUERY_PREFIX = "q-"  # query ids: q-<package>, so no query id equals a doc id
-SPLIT = "test"
 
 _GZIP = b"\x1f\x8b"
 _XZ = b"\xfd7zXZ\x00"
@@ -89,15 +78,9 @@ def build_debian_collection(
     list. An existing non-empty ``out`` is refused unless ``overwrite``. Returns the counts.
     Raises ``RaydrError``.
     """
-    if not 1 <= num_queries <= num_docs:
-        raise RaydrError(
-            f"--queries {num_queries}, --docs {num_docs}: expected 1 <= queries <= docs"
-        )
-    if min_words < 0:
-        raise RaydrError(f"min_words {min_words}: expected a count >= 0")
+    check_sizes(num_queries, num_docs, min_words)
     if not sources:
         raise RaydrError("no source files given (expected Debian Translation-en files)")
-    out = Path(out)
     sources = [Path(s) for s in sources]
 
     first: dict[str, Package] = {}
@@ -106,71 +89,19 @@ def build_debian_collection(
         for pkg in read_packages(path):
             stanzas += 1
             first.setdefault(pkg.name, pkg)  # a later stanza of the same name is ignored
-    kept, short, shared = clean(list(first.values()), min_words)
-    names = ", ".join(str(p) for p in sources)
-    if len(kept) < num_docs:
-        raise RaydrError(
-            f"{names}: {len(kept)} usable packages ({len(first)} read, {short} too short, "
-            f"{shared} sharing a synopsis or description), but --docs asks for {num_docs}"
-        )
-
-    # Sorted by name first, so the draw does not depend on the order of the files.
-    kept.sort(key=_name)
-    rng = np.random.default_rng(seed)
-    docs = sorted((kept[i] for i in rng.choice(len(kept), num_docs, replace=False)), key=_name)
-    queries = sorted((docs[i] for i in rng.choice(num_docs, num_queries, replace=False)), key=_name)
-
-    report: dict[str, Any] = {
-        "sources": [str(p) for p in sources],
-        "stanzas": stanzas,
-        "packages": len(first),
-        "dropped_short": short,
-        "dropped_shared": shared,
-        "kept": len(kept),
-        "docs": len(docs),
-        "queries": len(queries),
-        "seed": seed,
-        "min_words": min_words,
-    }
-    # An empty folder (made by hand, or by a mount) holds nothing to lose.
-    empty = out.is_dir() and not any(out.iterdir())
-    with atomic_dir(out, overwrite=overwrite or empty) as tmp:
-        # The temp dir is renamed as a whole, so plain writes inside it are atomic enough.
-        _write_jsonl(
-            tmp / "corpus.jsonl", [{"_id": p.name, "title": p.name, "text": p.text} for p in docs]
-        )
-        _write_jsonl(
-            tmp / "queries.jsonl",
-            [{"_id": QUERY_PREFIX + p.name, "text": p.synopsis} for p in queries],
-        )
-        (tmp / "qrels").mkdir()
-        rows = "".join(f"{QUERY_PREFIX}{p.name}\t{p.name}\t1\n" for p in queries)
-        (tmp / "qrels" / f"{SPLIT}.tsv").write_text(
-            "query-id\tcorpus-id\tscore\n" + rows, encoding="utf-8"
-        )
-        (tmp / "SOURCE.md").write_text(_source_md(sources, report), encoding="utf-8")
-    return {"out": str(out), **report}
-
-
-def _name(pkg: Package) -> str:
-    return pkg.name
-
-
-def clean(packages: list[Package], min_words: int) -> tuple[list[Package], int, int]:
-    """Drop short or unnamed descriptions, then all packages sharing a synopsis or text.
-
-    Returns (kept, dropped as short, dropped as shared). Short ones go first: a package that
-    is not in the collection cannot make another one's query ambiguous.
-    """
-    long = [p for p in packages if p.synopsis and len(p.text.split()) >= min_words]
-    synopses = Counter(_key(p.synopsis) for p in long)
-    texts = Counter(_key(p.text) for p in long)
-    kept = [p for p in long if synopses[_key(p.synopsis)] == 1 and texts[_key(p.text)] == 1]
-    return kept, len(packages) - len(long), len(long) - len(kept)
-
-
-def _key(text: str) -> str:
-    return " ".join(text.casefold().split())
+    return write_collection(
+        [Pair(p.name, p.synopsis, p.name, p.text) for p in first.values()],
+        out,
+        counts={"stanzas": stanzas, "packages": len(first)},
+        what="packages",
+        sources=sources,
+        num_queries=num_queries,
+        num_docs=num_docs,
+        seed=seed,
+        min_words=min_words,
+        overwrite=overwrite,
+        source_md=_source_md,
+    )
 
 
 # --- reading deb822 -------------------------------------------------------------------------
@@ -303,14 +234,8 @@ def _open_lz4(path: Path) -> Iterator[IO[bytes]]:
 # --- writing --------------------------------------------------------------------------------
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def _source_md(sources: list[Path], report: dict[str, Any]) -> str:
-    files = "\n".join(f"- `{p}` (sha256 `{_sha256(p)}`)" for p in sources)
+def _source_md(files: list[str], report: dict[str, Any]) -> str:
+    files = "\n".join(files)
     return f"""# Debian package descriptions (raydr build-debian)
 
 A retrieval collection built from Debian package descriptions: each query is a package's
@@ -330,11 +255,3 @@ name), and a query's only relevant document is its own package (grade 1, split `
 - {report["kept"]} usable; drawn with seed {report["seed"]}: {report["docs"]} documents, and \
 {report["queries"]} queries among them
 """
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
