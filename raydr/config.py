@@ -353,6 +353,19 @@ class SamplingConfig(Section):
     seed: int = 0
 
 
+class DevCollection(Section):
+    """One more dev set the validators score every checkpoint on, beside ``validation.split``
+    of ``data.path``: an imported dataset (``raydr import-beir``) of another domain."""
+
+    path: Path
+    split: str = Field("dev", description="its qrels split; never one the model trains on")
+    weight: float = Field(1.0, gt=0, description="its share of the primary metric")
+    name: str | None = Field(None, description="its label in metric names; default: the folder")
+
+    def label(self) -> str:
+        return self.name or Path(self.path).name
+
+
 class ValidationConfig(Section):
     """Asynchronous checkpoint validation by a pool of warm actors."""
 
@@ -387,10 +400,43 @@ class ValidationConfig(Section):
         description="validators that share one checkpoint's validation (pool mode): its corpus "
         "(or subset) is cut into this many shards, each encoded by a free validator, and the "
         "metric is scored once from their merged top lists; auto = every validator "
-        "(num_actors) when sampling.strategy is full, else 1. Under strategy full a full refresh "
+        "(num_actors) when sampling.strategy is full (and no `also`), else 1. Under strategy full a full refresh "
         "of the dynamic-negatives index is split too, its shards' embeddings joined into the "
         "index; a Nyström correction runs whole",
     )
+
+    weight: float = Field(
+        1.0, gt=0, description="the share of validation.split (on data.path) when `also` lists more"
+    )
+    also: list[DevCollection] = Field(
+        default_factory=list,
+        description="more dev sets, each validated on every checkpoint: the primary metric is "
+        "then the weighted mean over all of them (parts beside it, as METRIC/NAME)",
+    )
+
+    @model_validator(mode="after")
+    def _also_is_whole_and_named_once(self) -> ValidationConfig:
+        if not self.also:
+            return self
+        labels = [c.label() for c in self.also]
+        if len(set(labels)) < len(labels) or any("/" in label for label in labels):
+            raise ValueError(
+                f"also: names {labels} must be distinct and without '/' (set name: per entry)"
+            )
+        if self.sampling.strategy not in {"random", "full", "bm25-pool"}:
+            raise ValueError(
+                f"also: the other dev sets are sampled as random, full or bm25-pool, not "
+                f"{self.sampling.strategy!r} (it needs the initial model's run on each)"
+            )
+        if self.shards not in ("auto", 1):
+            raise ValueError(
+                "also: a checkpoint scattered in shards scores one dev set; set shards: 1"
+            )
+        return self
+
+    def weights(self) -> dict[str, float]:
+        """Each dev set's share of the primary metric, by label ("" for validation.split)."""
+        return {"": self.weight, **{c.label(): c.weight for c in self.also}}
 
     @model_validator(mode="after")
     def _shards_need_a_pool(self) -> ValidationConfig:
@@ -405,7 +451,7 @@ class ValidationConfig(Section):
         """How many shards one checkpoint's validation is cut into (``shards``, resolved)."""
         if self.shards != "auto":
             return int(self.shards)
-        if self.mode == "pool" and self.sampling.strategy == "full":
+        if self.mode == "pool" and self.sampling.strategy == "full" and not self.also:
             return self.num_actors
         return 1
 
@@ -551,6 +597,8 @@ class RaydrConfig(Section):
             tree["training"]["negatives"] = str(Path(self.training.negatives).resolve())
         if Path(self.model.name).exists():
             tree["model"]["name"] = str(Path(self.model.name).resolve())
+        for entry, also in zip(tree["validation"]["also"], self.validation.also, strict=True):
+            entry["path"] = str(Path(also.path).resolve())
         return RaydrConfig.model_validate(tree)
 
 

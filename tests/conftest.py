@@ -236,6 +236,28 @@ def write_checkpoint(root: Path, model_dir: Path, step: int, cfg) -> Path:
     return path
 
 
+def ruined_copy(src: Path, dest: Path, scale: float = 1.0, seed: int = 0) -> Path:
+    """A copy of the checkpoint ``src`` whose weights are drowned in N(0, scale²) noise, its
+    record updated so it is still complete: a model that retrieves at about chance."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    weights = load_file(dest / "model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    noisy = {
+        k: v + scale * torch.randn(v.shape, generator=generator, dtype=v.dtype)
+        for k, v in weights.items()
+    }
+    save_file(noisy, dest / "model.safetensors", metadata={"format": "pt"})
+    meta = json.loads((dest / "raydr.json").read_text())
+    meta["files"]["model.safetensors"] = (dest / "model.safetensors").stat().st_size
+    (dest / "raydr.json").write_text(json.dumps(meta))
+    return dest
+
+
 def record_node_and_world(loop_config: dict) -> None:
     """raydr's training loop, after noting the node, world size and time each worker started
     with (in ``starts/`` beside the Train storage; read back with ``starts``)."""

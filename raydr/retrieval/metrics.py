@@ -32,6 +32,19 @@ def score(qrels: Qrels, run: Run, measures: list[str]) -> dict[str, float]:
     }
 
 
+def weighted_mean(
+    parts: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]
+) -> dict[str, float]:
+    """Several dev sets' flat metric dicts (``{label: {metric: value}}``) → one flat dict: each
+    metric they all report as the ``weights``-weighted mean under its own name, and every part
+    as ``METRIC/LABEL``, so a scheduler and ``raydr best`` read one primary metric."""
+    names = [m for m in next(iter(parts.values())) if all(m in p for p in parts.values())]
+    total = sum(weights[label] for label in parts)
+    out = {m: sum(weights[lb] * parts[lb][m] for lb in parts) / total for m in names}
+    out.update({f"{m}/{label}": values[m] for label, values in parts.items() for m in names})
+    return out
+
+
 def per_query(qrels: Qrels, run: Run, measures: list[str]) -> dict[str, dict[str, float]]:
     """``{measure: {query_id: value}}`` for every query in ``qrels`` (absent from ``run``: 0,
     as ``trec_eval -c``): what a paired significance test compares."""

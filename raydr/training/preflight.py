@@ -74,6 +74,7 @@ def preflight(cfg: RaydrConfig) -> None:
     world = plan.world_sizes(tcfg)[1]
     shard(len(rows), 0, cfg.seed, 0, world, tcfg.batch_size)  # one full step, or a clear error
     warn_selection_on_training_queries(cfg, {r.query_id for r in rows})
+    check_other_dev_sets(cfg, rows)
     micro_batches = plan.steps_per_epoch(len(rows), world, tcfg.batch_size, 1)
     check_memory_bank(tcfg, world, micro_batches)
     if micro_batches < tcfg.grad_accum:
@@ -154,6 +155,43 @@ def warn_selection_on_training_queries(cfg: RaydrConfig, trained: set[str]) -> N
             cfg.training.split,
             cfg.training.split,
         )
+
+
+def check_other_dev_sets(cfg: RaydrConfig, rows) -> None:
+    """``validation.also``: each dev set loads, has its own name, and shares no query (by id in
+    the training dataset, by text anywhere) with what the model trains on; selecting on
+    trained queries would reward memorising them."""
+    from raydr.data.split import split_queries
+
+    vcfg = cfg.validation
+    if not vcfg.enabled or not vcfg.also:
+        return
+    main = Path(cfg.data.path).name
+    trained_ids = {r.query_id for r in rows}
+    trained_texts = {" ".join(r.query.casefold().split()) for r in rows}
+    for i, dev in enumerate(vcfg.also):
+        field = f"validation.also[{i}]"
+        if dev.label() == main:
+            raise RaydrError(
+                f"{field}: named {main!r}, as validation.split's data folder is; set its name"
+            )
+        try:
+            queries = split_queries(dev.path, dev.split)
+        except RaydrError as exc:
+            raise RaydrError(f"{field}: {exc}") from None
+        same_data = Path(dev.path).resolve() == Path(cfg.data.path).resolve()
+        shared = [
+            q
+            for q, text in zip(queries["query_ids"], queries["queries"], strict=True)
+            if (same_data and q in trained_ids)
+            or " ".join(text.casefold().split()) in trained_texts
+        ]
+        if shared:
+            raise RaydrError(
+                f"{field}: {len(shared)} of its {len(queries['query_ids'])} {dev.split!r} queries "
+                f"are training queries (training.split {cfg.training.split!r}, e.g. "
+                f"{shared[0]!r}); expected a dev set the model never trains on"
+            )
 
 
 def check_existing_checkpoints(cfg: RaydrConfig) -> None:

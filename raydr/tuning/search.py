@@ -191,11 +191,23 @@ def _trial_base(cfg: RaydrConfig) -> dict[str, Any]:
 def confirm_on_full_corpus(cfg: RaydrConfig, pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
     """Each (checkpoint, step) validated on the full corpus, each split into as many shards as
     the pool had validators (``raydr.validation.scatter``): the search is over, so its
-    validators' resources are free, and every checkpoint's shards are started at once."""
-    from raydr.validation.scatter import gather, scatter
+    validators' resources are free, and every checkpoint's shards are started at once. With
+    ``validation.also``, one whole validator per checkpoint instead, over every dev set."""
+    import ray
 
-    shards = cfg.validation.num_actors
-    started = [(scatter(cfg, path, shards), step) for path, step in pairs]
+    from raydr.validation.scatter import gather, scatter
+    from raydr.validation.validator import validate_on_full_corpus
+
+    v = cfg.validation
+    if v.also:
+        # The primary metric is a weighted mean over several dev sets, and a shard scores one:
+        # a whole validator per checkpoint, over every dev set's full corpus.
+        cpus = max(1.0, v.num_cpus)
+        task = ray.remote(validate_on_full_corpus).options(
+            num_cpus=cpus, num_gpus=v.num_gpus, resources=dict(v.resources) or None
+        )
+        return ray.get([task.remote(cfg, path, step, int(cpus)) for path, step in pairs])
+    started = [(scatter(cfg, path, v.num_actors), step) for path, step in pairs]
     return [gather(cfg, refs, step) for refs, step in started]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +50,7 @@ class Validator:
         pin_cpus(cfg.validation.cpus)
         self._subset = subset
         self._split: Split | None = None  # the corpus side: loaded when first needed
+        self._also: list[tuple[str, Split]] | None = None  # validation.also, loaded when needed
         self.queries = queries_of(cfg, cfg.validation.split)  # all a shard needs besides its docs
         self._tokens: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         self._query_tokens: dict[str, list[np.ndarray]] = {}
@@ -264,10 +266,12 @@ class Validator:
                 self.split.query_ids,
                 self.split.qrels,
             )
+            metrics, also = self._with_also(retriever, metrics)
             t_end = time.perf_counter()
             self.last_run = run
             yield {
                 **metrics,
+                **also,
                 "primary_metric": self.cfg.eval.primary_metric,
                 "checkpoint_step": step,
                 "subset_size": len(self.split.doc_ids),
@@ -315,6 +319,66 @@ class Validator:
         yield dynamic.nystrom_update(
             base, step, marks, landmark, query_emb, self.cfg.model.normalize, mcfg.ridge
         )
+
+    def _with_also(self, retriever, metrics: dict[str, float]) -> tuple[dict[str, float], dict]:
+        """``metrics`` (validation.split's) with every ``validation.also`` dev set scored by the
+        same model: → (their weighted mean under each metric's name, with the parts as
+        METRIC/NAME; sizes and time). Unchanged without ``also``."""
+        if not self.cfg.validation.also:
+            return metrics, {}
+        from raydr.retrieval.dense import search_and_score
+        from raydr.retrieval.metrics import weighted_mean
+
+        t0 = time.perf_counter()
+        bs = self.cfg.validation.batch_size
+        main = dev_label(self.cfg)
+        parts, encoded = {main: metrics}, 0
+        for label, split in self._also_splits():
+            key = f"also:{label}:{retriever.tokenizer_fingerprint()}"
+            if key not in self._tokens:
+                self._tokens[key] = (
+                    retriever.tokenize(split.passages, "passages"),
+                    retriever.tokenize(split.queries, "queries"),
+                )
+            docs, queries = self._tokens[key]
+            parts[label], _ = search_and_score(
+                self.cfg,
+                retriever.embed_ids(docs, "passages", batch_size=bs),
+                retriever.embed_ids(queries, "queries", batch_size=bs),
+                split.doc_ids,
+                split.query_ids,
+                split.qrels,
+            )
+            encoded += len(docs)
+        weights = {main: self.cfg.validation.weight}
+        weights.update({c.label(): c.weight for c in self.cfg.validation.also})
+        return weighted_mean(parts, weights), {
+            "also_passages_encoded": encoded,
+            "also_s": time.perf_counter() - t0,
+        }
+
+    def _also_splits(self) -> list[tuple[str, Split]]:
+        """The other dev sets, each sampled as validation.split is: whole when this validator
+        searches the whole corpus, else the judged docs plus ``sampling.size`` drawn with
+        ``sampling.seed`` or BM25's pool (pure functions of the data: every validator draws the
+        same)."""
+        if self._also is None:
+            from raydr.data.split import load_split
+            from raydr.validation.sampling import bm25_pool, select
+
+            vcfg, scfg = self.cfg.validation, self.cfg.validation.sampling
+            self._also = []
+            for dev in vcfg.also:
+                split = load_split(dev.path, dev.split).limit_queries(vcfg.max_queries)
+                if self._subset is not None:
+                    pools = {}
+                    if scfg.strategy == "bm25-pool":
+                        pools["bm25"] = bm25_pool(
+                            split.passages, split.doc_ids, split.queries, scfg.depth, self.cfg.bm25
+                        )
+                    split = split.restrict(select(scfg, split.doc_ids, split.qrels, **pools))
+                self._also.append((dev.label(), split))
+        return self._also
 
     def _mining_data(self, retriever) -> _MiningData:
         """The training queries, tokenised once per vocabulary, and the corpus's store."""
@@ -367,6 +431,11 @@ def validate_on_full_corpus(cfg: RaydrConfig, path: str, step: int, threads: int
     """The checkpoint validated on the whole corpus of the validation split, not the sampled
     subset: what a search names its winner on (run as a Ray task, one per checkpoint)."""
     return Validator(cfg, None, threads).validate(path, step)
+
+
+def dev_label(cfg: RaydrConfig) -> str:
+    """validation.split's name among several dev sets (``validation.also``): its data folder."""
+    return Path(cfg.data.path).name
 
 
 def _node_id() -> str | None:

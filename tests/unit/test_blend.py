@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_tree, write_checkpoint
+from conftest import ruined_copy, tiny_tree, write_checkpoint
 
 from raydr import blend, config
 from raydr.cli import main
@@ -110,23 +110,12 @@ def test_a_blend_loads_in_transformers_and_sentence_transformers_with_nothing_mi
 
 
 def test_mix_auto_and_a_greedy_soup_choose_what_the_dev_scores_say(run, tmp_path: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
     from raydr.evaluate import evaluate
 
     best = run["ckpts"][3]
     # A third checkpoint validated between the two, whose weights are ruined: adding it to
     # the soup lowers dev, so the greedy soup must leave it out.
-    ruined = best.with_name(checkpoint.dir_name(4))
-    shutil.copytree(best, ruined)
-    weights = load_file(ruined / "model.safetensors")
-    torch.manual_seed(0)
-    save_file(
-        {k: v + torch.randn_like(v) for k, v in weights.items()}, ruined / "model.safetensors"
-    )
-    meta = json.loads((ruined / "raydr.json").read_text())  # its record: the new size
-    meta["files"]["model.safetensors"] = (ruined / "model.safetensors").stat().st_size
-    (ruined / "raydr.json").write_text(json.dumps(meta))
+    ruined = ruined_copy(best, best.with_name(checkpoint.dir_name(4)))
     Ledger.find(run["dir"]).append(done_row("mixed", 4, str(ruined), {"nDCG@10": 0.85}))
     scorer = blend.DevScorer(best, "nDCG@10", None)
     try:
