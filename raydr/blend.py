@@ -65,6 +65,12 @@ class DevScorer:
         )
         self.metric = metric
         self.subset = read_subset(subset) if subset is not None and subset.is_file() else None
+        if cfg.validation.also:
+            log.warning(
+                "the run also validated on %s; --mix auto and greedy soups choose on "
+                "validation.split alone",
+                ", ".join(c.label() for c in cfg.validation.also),
+            )
         self.per_query: dict[str, dict[str, float]] = {}  # label → {query id: value}
 
     @property
