@@ -323,13 +323,16 @@ def _tower_folders(folder: Path) -> list[Path]:
 def _tower_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    if (folder / "model.safetensors").is_file():
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = folder / name
+        if not path.is_file():
+            continue
         try:
-            return load_file(str(folder / "model.safetensors"))
-        except Exception as exc:  # safetensors raises its own types for damaged files
-            raise RaydrError(f"{folder / 'model.safetensors'}: unreadable ({exc})") from None
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            if name.endswith(".bin"):
+                return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        except Exception as exc:  # each library raises its own types for damaged files
+            raise RaydrError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
     raise RaydrError(
         f"{folder}: no model.safetensors or pytorch_model.bin (sharded weights cannot be blended)"
     )
