@@ -45,6 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-work", action="store_true", help="keep the corpora and checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--model",
+        choices=["tiny", "minilm"],
+        default="tiny",
+        help="tiny: a 2-layer, 32-wide BERT (what the memory slopes need); minilm: the packaged "
+        "all-MiniLM-L6-v2 (what a real run pays per passage: use with --sizes 10000)",
+    )
+    p.add_argument(
         "--scatter-max",
         type=int,
         default=100_000,
@@ -350,17 +357,18 @@ def _ledger_figures(work: Path, checkpoints: int = 1000) -> dict[str, Any]:
 # ---------------------------------------------------------------- one size
 
 
-def _config(work: Path, data: Path, model: Path, negatives: Path, steps: int, name: str):
+def _config(work: Path, data: Path, model: str, negatives: Path, steps: int, name: str):
     from raydr import config
 
     tree = {
         "name": name,
         "output_dir": str(work / "runs"),
         "model": {
-            "name": str(model),
-            "dtype": "fp32",
+            "name": model,
+            # fp32 for the tiny model (its figures are memory); the real one as a run would be.
+            "dtype": "auto" if model == config.DEFAULT_MODEL else "fp32",
             "query_max_length": 16,
-            "passage_max_length": 128,  # the tiny BERT's positions
+            "passage_max_length": 128,  # the tiny BERT's positions; MS MARCO's passages fit
         },
         "data": {"path": str(data), "split": "train"},
         "training": {
@@ -384,7 +392,7 @@ def _config(work: Path, data: Path, model: Path, negatives: Path, steps: int, na
     return config.build(tree, "raydr bench scale").with_absolute_paths()
 
 
-def _one_size(n: int, args: argparse.Namespace, model: Path) -> dict[str, Any]:
+def _one_size(n: int, args: argparse.Namespace, model: str) -> dict[str, Any]:
     from raydr.testing.synthetic import synthetic_beir
     from raydr.training.trainer import prepare
 
@@ -456,14 +464,21 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from raydr.bench.common import machine, publish
+    from raydr.config import DEFAULT_MODEL, ModelConfig
     from raydr.errors import RaydrError
     from raydr.testing.synthetic import tiny_bert, vocabulary
+    from raydr.training.checkpoint import check_model
 
     sizes = sorted(set(args.sizes))
     if sizes[0] < args.queries:
         raise RaydrError(f"--sizes: {sizes[0]} passages cannot hold --queries {args.queries}")
     args.work.mkdir(parents=True, exist_ok=True)
-    model = tiny_bert(args.work / "tiny-bert", vocabulary())
+    if args.model == "minilm":
+        model, described = DEFAULT_MODEL, f"{DEFAULT_MODEL} (packaged), dtype auto"
+        check_model(ModelConfig(name=model))  # not installed: one line, before any corpus
+    else:
+        model = str(tiny_bert(args.work / "tiny-bert", vocabulary()))
+        described = "tiny BERT (2 layers, 32 wide), fp32"
     try:
         rows = [_one_size(n, args, model) for n in sizes]
         ledger = _ledger_figures(args.work)
@@ -479,7 +494,7 @@ def run(args: argparse.Namespace) -> int:
     )
     payload = {
         "machine": machine(),
-        "model": "tiny BERT (2 layers, 32 wide), fp32",
+        "model": described,
         "queries": args.queries,
         "steps": args.steps,
         "sizes": rows,
