@@ -601,7 +601,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
             for k in shards
         ],
     )
-    fig.suptitle(f"raydr bench scale on {payload['machine']['cpu']}")
+    fig.suptitle(f"raydr bench scale on {payload['machine']['cpu']}, {payload['model']}")
     fig.tight_layout()
     save_figure(fig, path)
 
