@@ -257,6 +257,11 @@ class TrainingConfig(Section):
     )
     epochs: PositiveInt = 1
     max_steps: PositiveInt | None = None
+    stop_at: PositiveInt | None = Field(
+        None,
+        description="end the run after this step, while the learning-rate schedule still spans "
+        "epochs (or max_steps): a refit replays the schedule up to the step dev selected",
+    )
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)

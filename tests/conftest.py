@@ -93,6 +93,16 @@ def tiny_dataset(tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
+def dev_dataset(tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_beir`` imported with 2 of its 5 test queries carved out as dev (3 stay in test)."""
+    from raydr.data.beir import import_beir
+
+    out = tmp_path_factory.mktemp("dev") / "tiny"
+    import_beir(tiny_beir, out, dev_from="test", dev_queries=2)
+    return out
+
+
+@pytest.fixture(scope="session")
 def negatives(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """BM25 hard negatives for the tiny dataset's test split (5 per query)."""
     from raydr.config import BM25Config

@@ -77,8 +77,14 @@ def mine_negatives(args: argparse.Namespace) -> None:
     cfg = config.load(args.config, args.overrides)
     if cfg.training.negatives is None:
         raise RaydrError(f"{args.config}: training.negatives: set the output path to write")
+    split = cfg.training.split
+    if args.refit:
+        from raydr.refit import refit_split
+
+        # Only the dev queries are mined; training's negatives stay as they are, byte for byte.
+        split = refit_split(cfg).split("+")[-1]
     counts = mine_bm25_negatives(
-        cfg.data.path, cfg.training.split, cfg.training.negatives, args.depth, cfg.bm25
+        cfg.data.path, split, cfg.training.negatives, args.depth, cfg.bm25, add=args.refit
     )
     print(json.dumps({"out": str(cfg.training.negatives), **counts}))
 
@@ -144,6 +150,11 @@ def _build_manpages_arguments(p: argparse.ArgumentParser) -> None:
 def _mine_arguments(p: argparse.ArgumentParser) -> None:
     job_arguments(p)
     p.add_argument("--depth", type=int, default=30, help="negatives kept per query")
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="add validation.split's queries to training.negatives, for `raydr train --refit`",
+    )
 
 
 VERBS = (

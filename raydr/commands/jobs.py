@@ -18,12 +18,20 @@ def train(args: argparse.Namespace) -> None:
     from raydr.launch import train
 
     cfg = config.load(args.config, args.overrides)
+    label = "final checkpoint"
+    if args.refit:
+        from raydr import refit
+
+        cfg, record = refit.plan(cfg)
+        print(refit.describe(record), flush=True)
+        print(f"refit record: {refit.write_record(cfg, record)}", flush=True)
+        label = f"refit to step {record['stop_at']} (dev picked {record['selected_step']})"
     result, validated = train(cfg)
     if result.error:
         raise RaydrError(f"training failed: {result.error}")
     print(json.dumps(result.metrics, indent=2, default=str))
     metric = cfg.eval.primary_metric
-    chosen, label = (result.checkpoint.path if result.checkpoint else None), "final checkpoint"
+    chosen = result.checkpoint.path if result.checkpoint else None
     if validated is not None:
         from raydr.validation.ledger import Ledger
         from raydr.validation.report import best_row, plot_curves
@@ -120,6 +128,12 @@ def validate(args: argparse.Namespace) -> None:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     job_arguments(p)
     p.add_argument("--no-eval", action="store_true", help="skip evaluating the final checkpoint")
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="train NAME-refit on training.split+validation.split to the step this job's run "
+        "selected on dev (scaled to the larger set), then score it on data.split",
+    )
 
 
 def _validate_arguments(p: argparse.ArgumentParser) -> None:

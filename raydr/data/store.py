@@ -216,7 +216,9 @@ def ensure(data_dir: str | Path, split: str, negatives: str | Path | None) -> Tr
     data_dir = Path(data_dir)
     root = store_dir(data_dir)
     passages = ensure_passages(data_dir, root)
-    sources = [data_dir / "qrels" / f"{split}.parquet", data_dir / "queries.parquet"]
+    from raydr.data.tables import qrels_files
+
+    sources = [*qrels_files(data_dir, split), data_dir / "queries.parquet"]
     if negatives is not None:
         sources.append(Path(negatives))
     name = f"rows-{split}-{_stamp(*sources, passages / 'passages.arrow')}.arrow"

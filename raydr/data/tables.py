@@ -68,15 +68,28 @@ def load_queries(root: Path | str) -> pa.Table:
 
 
 def load_qrels(root: Path | str, split: str) -> dict[str, dict[str, int]]:
-    """Relevance judgements of ``split``: query_id -> {doc_id: relevance}."""
-    available = splits(root)
-    if split not in available:
-        raise RaydrError(f"{root}: no qrels split {split!r} (available: {', '.join(available)})")
-    table = _read(Path(root) / "qrels" / f"{split}.parquet", QRELS)
+    """Relevance judgements of ``split``: query_id -> {doc_id: relevance}. ``a+b`` is the union
+    of splits ``a`` and ``b`` (a refit trains on train+dev); a query judged in both keeps each
+    doc's higher relevance."""
     qrels: dict[str, dict[str, int]] = {}
-    for query_id, doc_id, relevance in zip(*table.to_pydict().values(), strict=True):
-        qrels.setdefault(query_id, {})[doc_id] = relevance
+    for path in qrels_files(root, split):
+        table = _read(path, QRELS)
+        for query_id, doc_id, relevance in zip(*table.to_pydict().values(), strict=True):
+            judged = qrels.setdefault(query_id, {})
+            judged[doc_id] = max(relevance, judged.get(doc_id, relevance))
     return qrels
+
+
+def qrels_files(root: Path | str, split: str) -> list[Path]:
+    """The Parquet files behind ``split`` (``a+b``: one per part), each checked to exist."""
+    available = splits(root)
+    parts = split.split("+")
+    for part in parts:
+        if part not in available:
+            raise RaydrError(f"{root}: no qrels split {part!r} (available: {', '.join(available)})")
+    if len(set(parts)) < len(parts):
+        raise RaydrError(f"{root}: split {split!r} names a split twice")
+    return [Path(root) / "qrels" / f"{part}.parquet" for part in parts]
 
 
 def splits(root: Path | str) -> list[str]:

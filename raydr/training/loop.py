@@ -70,6 +70,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     bank_rows, bank_capacity = plan.bank_rows(tcfg, world)
     bank = MemoryBank(bank_capacity, mcfg.warmup_steps) if bank_capacity else None
     optimizer, scheduler = _optimizer(model, tcfg, total_steps)
+    # A refit stops where dev's pick stopped, on the schedule that pick was trained on.
+    last = plan.last_step(tcfg, total_steps)
     if resume is not None:
         with resume.as_directory() as ckpt_dir:
             state = checkpoint.load_training_state(ckpt_dir, optimizer, scheduler)
@@ -85,7 +87,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # --- the loop
     step, meter = start_step, _Meter()
     ddp_model.train()
-    while step < total_steps:
+    while step < last:
         # On resume, skip the rows this epoch already consumed.
         batches = shard(len(rows), epoch, cfg.seed, rank, world, tcfg.batch_size, epoch_rows)
         for i in range(len(batches) // tcfg.grad_accum * tcfg.grad_accum):
@@ -155,14 +157,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 log.info(
                     "step %d/%d epoch %d loss %.4f lr %.2e %s%s",
                     step,
-                    total_steps,
+                    last,
                     epoch,
                     step_loss,
                     scheduler.get_last_lr()[0],
-                    meter.eta(step - start_step, total_steps - step),
+                    meter.eta(step - start_step, last - step),
                     _index_note(source, step),
                 )
-            if step % tcfg.checkpoint_every == 0 or step == total_steps:
+            if step % tcfg.checkpoint_every == 0 or step == last:
                 metrics = meter.metrics(step, epoch, scheduler, grad_norm, start_step, world)
                 metrics["negatives_per_query"] = loss_fn.negatives_per_query(
                     tcfg.batch_size, tcfg.group_size, world, len(in_bank or ())
@@ -171,9 +173,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     metrics.update(source.describe(step))
                 state = (model, tokenizer, optimizer, scheduler, bank)
                 _report(ctx, rank, metrics, state, (step, epoch, epoch_rows))
-                if ctx.hook is not None and step < total_steps:
+                if ctx.hook is not None and step < last:
                     ctx.hook.hold(step)  # a scheduler rung may want this metric first
-            if step >= total_steps:
+            if step >= last:
                 break
         epoch, epoch_rows = epoch + 1, 0
 

@@ -21,6 +21,11 @@ def total_steps(tcfg: TrainingConfig, num_rows: int, world: int) -> int:
     return steps_per_epoch(num_rows, world, tcfg.batch_size, tcfg.grad_accum) * tcfg.epochs
 
 
+def last_step(tcfg: TrainingConfig, total: int) -> int:
+    """The step a run ends at: ``stop_at`` when it comes before the schedule's ``total``."""
+    return min(total, tcfg.stop_at or total)
+
+
 def remaining_steps(
     tcfg: TrainingConfig, num_rows: int, world: int, step: int, epoch: int, epoch_rows: int
 ) -> int:

@@ -61,14 +61,14 @@ def _search_alg(cfg: RaydrConfig, metric: str, max_concurrent: int):
 
 
 def total_training_steps(cfg: RaydrConfig) -> int:
-    """A trial's steps at its smallest world size: the scheduler's ``max_t``."""
+    """A trial's steps at its smallest world size (to ``stop_at``): the scheduler's ``max_t``."""
     from raydr.data.groups import build_rows, load_negatives
     from raydr.training import plan
 
     t = cfg.training
     negatives = load_negatives(t.negatives) if t.negatives else None
     rows = build_rows(cfg.data.path, t.split, negatives)
-    return plan.total_steps(t, len(rows), plan.world_sizes(t)[0])
+    return plan.last_step(t, plan.total_steps(t, len(rows), plan.world_sizes(t)[0]))
 
 
 def run_search(cfg: RaydrConfig) -> dict[str, Any]:

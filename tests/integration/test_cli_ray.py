@@ -162,3 +162,53 @@ def test_a_failing_worker_ends_in_one_line_naming_its_cause_and_the_full_log(
     # The only traces on the terminal are Ray's forwarded worker logs, never the driver's own.
     own = [x for x in done.stderr.splitlines() if not re.match(r"(\x1b\[\d+m)?\(", x)]
     assert not any("Traceback" in x for x in own), "\n".join(own)
+
+
+def test_refit_trains_on_train_and_dev_to_the_selected_step_on_its_schedule(
+    tmp_path: Path, dev_dataset: Path, tiny_model_dir: Path
+) -> None:
+    """`raydr mine-negatives --refit` then `raydr train --refit` after a run whose ledger chose
+    step 2 of 4 on dev: 3 training queries (1 step an epoch) become 5 (2), so the refit stops
+    at step 4 of an 8-step schedule, at the learning rate step 4 has there, and is scored."""
+    from raydr import config
+    from raydr.cli import main
+    from raydr.training import checkpoint
+    from raydr.validation.ledger import Ledger, done_row
+
+    tree = tiny_job(
+        "refit",
+        tmp_path,
+        dev_dataset,
+        tiny_model_dir,
+        tmp_path / "negatives.parquet",
+        training={"batch_size": 1, "epochs": 4, "lr": 1e-3, "max_failures": 0},
+        validation={"split": "dev", "num_gpus": DROP},
+        ray=LOCAL_RAY,
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(tree))
+    assert main(["mine-negatives", str(job), "--depth", "3"]) == 0
+    assert main(["mine-negatives", str(job), "--depth", "3", "--refit"]) == 0
+    cfg = config.load(job)
+    ledger = Ledger.for_run(cfg)  # the job's run, as `raydr train` would have left it
+    for step, score in ((2, 0.9), (4, 0.6)):
+        ledger.append(done_row("refit", step, f"/pruned/{step}", {"nDCG@10": score}))
+
+    done = _raydr("train", str(job), "-q", "--refit", cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert (
+        "picked step 2 (0.9000); training on test+dev (5 queries, 3 before) to step 4 of a "
+        "8-step schedule" in done.stdout
+    ), done.stdout
+    final = json.loads(done.stdout[done.stdout.index("{") : done.stdout.index("}\n") + 1])
+    # Linear decay over 8 steps after 1 warm-up step: step 4 leaves 4/7 of the peak rate (a
+    # schedule squeezed into the 4 steps would have reached 0).
+    assert final["step"] == 4 and final["lr"] == pytest.approx(1e-3 * 4 / 7)
+    run = tmp_path / "runs" / "refit-refit"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"].endswith("checkpoint_step_0000004")
+    assert checkpoint.read(metrics["model"]).config["training"]["split"] == "test+dev"
+    assert json.loads((run / "refit.json").read_text())["selected_step"] == 2
+    assert "[refit to step 4 (dev picked 2) on test, full corpus]" in done.stdout
+    assert not (run / "validation").exists(), "a refit has no dev left to validate on"
+    assert [r["step"] for r in ledger.results("refit")] == [2, 4], "the job's ledger changed"

@@ -24,16 +24,6 @@ from raydr.validation.ledger import Ledger, done_row
 TEXTS = ["cell protein gene", "star galaxy orbit comet", "bread cheese olive butter"]
 
 
-@pytest.fixture(scope="module")
-def dev_dataset(tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny dataset with 2 of its 5 test queries carved out as dev."""
-    from raydr.data.beir import import_beir
-
-    out = tmp_path_factory.mktemp("dev") / "tiny"
-    import_beir(tiny_beir, out, dev_from="test", dev_queries=2)
-    return out
-
-
 @pytest.fixture
 def run(tmp_path: Path, dev_dataset: Path, tiny_model_dir: Path) -> dict:
     """A run folder (validated on dev, scored on test) whose ledger validated two real tiny
