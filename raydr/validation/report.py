@@ -27,6 +27,19 @@ def export(row: dict[str, Any], out: str | Path) -> Path:
     return checkpoint.export(src, out)
 
 
+def curves(
+    rows: list[dict[str, Any]], metric: str
+) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(trial, series) → [(step, value)] in step order: ``metric`` itself, and each part of it
+    (``METRIC/NAME``, one per dev set of ``validation.also``) as its own series."""
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for r in sorted(rows, key=lambda r: r["step"]):
+        for key, value in r.get("metrics", {}).items():
+            if key == metric or key.startswith(f"{metric}/"):
+                out.setdefault((r["trial"], key), []).append((r["step"], value))
+    return out
+
+
 def plot_curves(
     ledger: Ledger,
     metric: str,
@@ -35,6 +48,7 @@ def plot_curves(
     labels: dict[str, str] | None = None,
 ) -> Path:
     """PNG of ``metric`` against step, one line per trial; early-stopped trials marked ×.
+    Where several dev sets make up the metric, each one's curve is dashed beside it.
     ``labels``: legend text per trial (e.g. its config)."""
     import matplotlib
 
@@ -43,23 +57,29 @@ def plot_curves(
 
     from raydr.atomic import save_figure
 
-    rows = ledger.results()
     out = Path(out) if out else ledger.path.with_name("validation_curve.png")
     fig, ax = plt.subplots(figsize=(7, 4))
-    trials = sorted({r["trial"] for r in rows})
+    series = curves(ledger.results(), metric)
+    trials = sorted({trial for trial, _ in series})
     for trial in trials:
-        pts = [
-            (r["step"], r["metrics"][metric])
-            for r in rows
-            if r["trial"] == trial and metric in r["metrics"]
-        ]
-        if not pts:
-            continue
-        xs, ys = zip(*pts, strict=True)
         label = f"{trial} {labels[trial]}" if labels and trial in labels else trial
-        line = ax.plot(xs, ys, marker="o", label=label)[0]
-        if stopped and trial in stopped:
-            ax.plot(xs[-1], ys[-1], marker="x", markersize=12, color=line.get_color())
+        color = None
+        for (t, key), pts in series.items():
+            if t != trial:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            part = key != metric
+            line = ax.plot(
+                xs,
+                ys,
+                marker="." if part else "o",
+                linestyle="--" if part else "-",
+                color=color,
+                label=f"{label} {key.split('/', 1)[1]}" if part else label,
+            )[0]
+            color = color or line.get_color()  # a trial's parts share its colour
+            if not part and stopped and trial in stopped:
+                ax.plot(xs[-1], ys[-1], marker="x", markersize=12, color=line.get_color())
     ax.set_xlabel("training step of the validated checkpoint")
     ax.set_ylabel(f"{metric} (validation subset)")
     ax.set_title("Asynchronous validation" + (" (× = stopped early)" if stopped else ""))

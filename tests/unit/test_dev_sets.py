@@ -13,7 +13,8 @@ from conftest import merged, ruined_copy, tiny_tree, write_checkpoint
 from raydr import config
 from raydr.errors import RaydrError
 from raydr.evaluate import evaluate
-from raydr.validation.report import best_row
+from raydr.validation.ledger import Ledger, done_row
+from raydr.validation.report import best_row, curves, plot_curves
 from raydr.validation.validator import Validator
 
 TOPICS = ["bio", "astro", "geo", "code", "food"]  # conftest's, in order
@@ -72,6 +73,16 @@ def test_the_primary_metric_is_the_weighted_mean_and_the_weights_choose_the_chec
             rows.append({"trial": "t", "step": step, "checkpoint": name, "metrics": metrics})
         chosen[w_main, w_other] = best_row(rows, "nDCG@10")["checkpoint"]
     assert chosen == {(1.0, 0.1): "good", (0.1, 1.0): "ruined"}
+    # The validation curve draws each dev set's own curve beside the mean.
+    drawn = curves(rows, "nDCG@10")
+    assert set(drawn) == {("t", "nDCG@10"), ("t", "nDCG@10/tiny"), ("t", "nDCG@10/other")}
+    assert [v for _, v in drawn["t", "nDCG@10/other"]] == [
+        r["metrics"]["nDCG@10/other"] for r in rows
+    ]
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    for r in rows:
+        ledger.append(done_row(r["trial"], r["step"], r["checkpoint"], r["metrics"]))
+    assert plot_curves(ledger, "nDCG@10").stat().st_size > 0
 
 
 def test_other_dev_sets_are_sampled_as_the_main_one(
