@@ -1,5 +1,5 @@
-"""``raydr import-beir``, ``build-debian``, ``build-manpages``, ``mine-negatives``: datasets
-in, negatives out."""
+"""``raydr import-beir``, ``import-training``, ``build-debian``, ``build-manpages``,
+``mine-negatives``: datasets in, negatives out."""
 
 from __future__ import annotations
 
@@ -66,6 +66,24 @@ def build_manpages(args: argparse.Namespace) -> None:
         min_words=args.min_words,
         max_words=args.max_words,
         overwrite=args.overwrite,
+    )
+    print(json.dumps(report, indent=2))
+
+
+def import_training(args: argparse.Namespace) -> None:
+    from raydr.data.training_import import import_training
+
+    if args.dev_queries < 0:
+        raise RaydrError(f"--dev-queries {args.dev_queries}: expected a count >= 0")
+    report = import_training(
+        args.src,
+        args.out,
+        corpus=args.corpus,
+        split=args.split,
+        dev_queries=args.dev_queries,
+        dev_seed=args.dev_seed,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(json.dumps(report, indent=2))
 
@@ -147,6 +165,30 @@ def _build_manpages_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
+def _import_training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "src",
+        type=Path,
+        help="training records: Tevatron JSON lines (query, positive_passages, "
+        "negative_passages), sentence-transformers columns (anchor, positive[, negative…]) as "
+        "JSON lines or Parquet, or a `datasets` save_to_disk folder of either",
+    )
+    p.add_argument("out", type=Path, help="output dataset folder (written atomically)")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        help="a BEIR or Tevatron corpus file (JSON lines: _id or docid, title, text) to search "
+        "beyond the passages the records name",
+    )
+    p.add_argument("--split", default="train", help="the split of a DatasetDict folder")
+    p.add_argument(
+        "--dev-queries", type=int, default=0, help="queries carved into a 'dev' split (0: none)"
+    )
+    p.add_argument("--dev-seed", type=int, default=0, help="seed of the carving")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def _mine_arguments(p: argparse.ArgumentParser) -> None:
     job_arguments(p)
     p.add_argument("--depth", type=int, default=30, help="negatives kept per query")
@@ -163,6 +205,13 @@ VERBS = (
         "BEIR jsonl/tsv folder (or a BEIR dataset name) → Parquet tables",
         _import_beir_arguments,
         import_beir,
+    ),
+    Verb(
+        "import-training",
+        "training records (Tevatron, sentence-transformers, Parquet, datasets) → Parquet "
+        "tables and training.negatives",
+        _import_training_arguments,
+        import_training,
     ),
     Verb(
         "build-debian",

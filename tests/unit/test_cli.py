@@ -174,7 +174,13 @@ def test_every_command_and_benchmark_module_declares_its_verbs(capsys) -> None:
     assert {"encode", "search", "stopping", "autoscale", "gpu", "validation-fidelity"} <= benches
     commands = [verb.name for verb in declared(raydr.commands)]
     # Workflow order: data in (the offline collections beside it), negatives, then the rest.
-    assert commands[:4] == ["import-beir", "build-debian", "build-manpages", "mine-negatives"]
+    assert commands[:5] == [
+        "import-beir",
+        "import-training",
+        "build-debian",
+        "build-manpages",
+        "mine-negatives",
+    ]
     assert {"train", "tune", "validate", "evaluate", "bm25", "best", "compare"} <= set(commands)
     # And each is reachable: `raydr bench encode --help` parses through the discovered verb.
     with pytest.raises(SystemExit) as done:
