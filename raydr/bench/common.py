@@ -38,6 +38,43 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def peak_mb() -> float:
+    """This process's peak RSS since it started its program (VmHWM). Not ``ru_maxrss``: a
+    spawned child inherits the high-water mark of the parent it was forked from."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a new process: its peak RSS is its own, not the bench's."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def subplots(*args: Any, **kwargs: Any):
+    """``matplotlib.pyplot.subplots`` on the Agg backend: benchmarks run without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    out = atomic.save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     atomic.write_json(path, payload)
 

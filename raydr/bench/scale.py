@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from raydr.bench.common import in_fresh_process, peak_mb
 from raydr.verb import Verb
 
 MS_MARCO = 8_841_823
@@ -62,27 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- probes (each its own process)
 
 
-def _peak_mb() -> float:
-    """This process's peak RSS since it started its program (VmHWM). Not ``ru_maxrss``: a
-    spawned child inherits the high-water mark of the parent it was forked from."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _in_fresh_process(fn, *args) -> dict[str, Any]:
-    """``fn(*args)`` in a new process: its peak RSS is its own, not the bench's."""
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
-
 def _probe_import(src: str, out: str) -> dict[str, Any]:
     from raydr.data.beir import import_beir
 
     t0 = time.perf_counter()
     import_beir(src, out, overwrite=True)
-    return {"s": time.perf_counter() - t0, "peak_rss_mb": _peak_mb()}
+    return {"s": time.perf_counter() - t0, "peak_rss_mb": peak_mb()}
 
 
 def _probe_mine(data: str, out: str) -> dict[str, Any]:
@@ -91,7 +75,7 @@ def _probe_mine(data: str, out: str) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     mine_bm25_negatives(data, "train", out, depth=8, cfg=BM25Config())
-    return {"s": time.perf_counter() - t0, "peak_rss_mb": _peak_mb()}
+    return {"s": time.perf_counter() - t0, "peak_rss_mb": peak_mb()}
 
 
 def _probe_store(data: str, negatives: str) -> dict[str, Any]:
@@ -100,7 +84,7 @@ def _probe_store(data: str, negatives: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     td = store.ensure(data, "train", negatives)
     disk = sum(f.stat().st_size for f in Path(td.passages).iterdir()) + Path(td.rows).stat().st_size
-    return {"s": time.perf_counter() - t0, "peak_rss_mb": _peak_mb(), "disk_mb": disk / 2**20}
+    return {"s": time.perf_counter() - t0, "peak_rss_mb": peak_mb(), "disk_mb": disk / 2**20}
 
 
 def _holding_the_corpus(loop_config: dict[str, Any]) -> None:
@@ -138,7 +122,7 @@ def _train_worker(cfg, baseline: bool) -> dict[str, Any]:
 
 def _validator_peak(validator) -> float:
     """Run inside a validator actor (``__ray_call__``): its peak RSS."""
-    return _peak_mb()
+    return peak_mb()
 
 
 def _pool_figures(cfg, checkpoint: str, step: int, validators=(1, 2, 4)) -> dict[str, Any]:
@@ -403,10 +387,10 @@ def _one_size(n: int, args: argparse.Namespace, model: str) -> dict[str, Any]:
     made_s = time.perf_counter() - t0
     data, negatives = work / "data", work / "negatives.parquet"
     row: dict[str, Any] = {"passages": n, "generate_s": made_s}
-    row["import"] = _in_fresh_process(_probe_import, str(src), str(data))
+    row["import"] = in_fresh_process(_probe_import, str(src), str(data))
     shutil.rmtree(src)  # the Parquet copy is what the rest reads
-    row["bm25_mining"] = _in_fresh_process(_probe_mine, str(data), str(negatives))
-    row["store_build"] = _in_fresh_process(_probe_store, str(data), str(negatives))
+    row["bm25_mining"] = in_fresh_process(_probe_mine, str(data), str(negatives))
+    row["store_build"] = in_fresh_process(_probe_store, str(data), str(negatives))
     cfg = _config(work, data, model, negatives, args.steps, f"scale-{n}")
     prepare(cfg)
     row["train_worker"] = _train_worker(cfg, baseline=False)
@@ -540,16 +524,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from raydr.atomic import save_figure
+    from raydr.bench.common import save_figure, subplots
 
     rows = payload["sizes"]
     n = [r["passages"] for r in rows]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = subplots(2, 3, figsize=(15, 8))
 
     def lines(ax, title, series) -> None:
         for label, xs, ys in series:

@@ -101,3 +101,52 @@ def synthetic_beir(
         fh.write("query-id\tcorpus-id\tscore\n")
         fh.writelines(f"q{q}\td{int(d)}\t1\n" for q, d in enumerate(positives))
     return root
+
+
+def synthetic_training_file(
+    path: Path, n_records: int, negatives: int = 3, words: int = 40, seed: int = 0
+) -> tuple[Path, Path]:
+    """Tevatron training JSON lines of ``n_records`` records, and the same data as a BEIR
+    folder beside it (``<path>.beir``, for ``import-beir`` to import as the baseline).
+
+    Record i's positive is doc i; its negatives are other docs drawn at random, so a doc
+    recurs about ``negatives + 1`` times across the file (what de-duplication must catch).
+    A doc's text is a function of its number alone, so every sighting carries the same text.
+    Both are written a record at a time: the file's size is not the writer's memory."""
+    path = Path(path)
+    beir = path.with_name(path.name + ".beir")
+    (beir / "qrels").mkdir(parents=True, exist_ok=True)
+    vocab = vocabulary()
+    rng = np.random.default_rng(seed)
+
+    def doc(d: int) -> dict[str, str]:
+        text = " ".join(vocab[(d * 7919 + j * 104_729) % len(vocab)] for j in range(words))
+        return {"docid": f"d{d}", "title": "", "text": text}
+
+    with (
+        open(path, "w", encoding="utf-8") as fh,
+        open(beir / "corpus.jsonl", "w", encoding="utf-8") as corpus,
+        open(beir / "queries.jsonl", "w", encoding="utf-8") as queries,
+        open(beir / "qrels" / "train.tsv", "w", encoding="utf-8") as qrels,
+    ):
+        qrels.write("query-id\tcorpus-id\tscore\n")
+        for start in range(0, n_records, 10_000):
+            picks = rng.integers(0, n_records, size=(min(10_000, n_records - start), negatives))
+            for k, negs in enumerate(picks):
+                i = start + k
+                positive = doc(i)
+                query = " ".join(positive["text"].split()[:QUERY_WORDS])
+                record = {
+                    "query_id": f"q{i}",
+                    "query": query,
+                    "positive_passages": [positive],
+                    "negative_passages": [doc(int(d)) for d in negs if d != i],
+                }
+                fh.write(json.dumps(record) + "\n")
+                corpus.write(
+                    json.dumps({"_id": positive["docid"], "title": "", "text": positive["text"]})
+                    + "\n"
+                )
+                queries.write(json.dumps({"_id": f"q{i}", "text": query}) + "\n")
+                qrels.write(f"q{i}\td{i}\t1\n")
+    return path, beir

@@ -275,3 +275,16 @@ def test_each_bad_input_is_one_line_naming_where_and_exit_2(tmp_path: Path, caps
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
     with pytest.raises(RaydrError, match="no training records"):
         import_training(_jsonl(tmp_path / "empty.jsonl", ""), tmp_path / "empty")
+
+
+def test_bench_import_training_measures_both_importers_and_cleans_up(tmp_path: Path) -> None:
+    out, work = tmp_path / "import.json", tmp_path / "work"
+    argv = ["bench", "import-training", "--records", "500", "--work", str(work)]
+    assert main([*argv, "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0
+    (row,) = payload["records"]
+    assert row["records"] == 500 and payload["machine"]["cpu"]
+    for key in ("import_training", "import_beir"):  # the same 500 docs, each measured alone
+        assert row[key]["docs"] == 500 and row[key]["peak_rss_mb"] > 0 and row[key]["s"] > 0
+    assert not work.exists(), "the generated files were left on disk"
