@@ -548,6 +548,19 @@ class RayConfig(Section):
     )
 
 
+class TrackingConfig(Section):
+    """Experiment tracking (``raydr.tracking``): params, every report, every validated metric
+    at its checkpoint's step, and the selected model."""
+
+    backend: Literal["none", "mlflow"] = "none"
+    uri: str | None = Field(
+        None,
+        description="an MLflow tracking URI; default: sqlite in the run folder (offline), "
+        "OUTPUT_DIR/NAME/mlflow.db",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; default: the job name")
+
+
 class RaydrConfig(Section):
     """A whole job. Sections grow with the training, validation and tuning engines."""
 
@@ -565,6 +578,7 @@ class RaydrConfig(Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _dynamic_needs_the_pool(self) -> RaydrConfig:

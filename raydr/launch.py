@@ -13,16 +13,20 @@ import logging
 from typing import Any
 
 from raydr.config import RaydrConfig
+from raydr.tracking import TrackingRun
 from raydr.validation.ledger import Ledger, Row
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: RaydrConfig, loop=None) -> tuple[Any, list[Row] | None]:
+def train(
+    cfg: RaydrConfig, loop=None, tracking: TrackingRun | None = None
+) -> tuple[Any, list[Row] | None]:
     """Train ``cfg`` with every checkpoint validated as ``cfg.validation`` says.
 
     → (Ray Train result, the run's done ledger rows; None without validation). Returns once the
-    last checkpoint is validated. ``loop`` replaces the per-worker function (tests)."""
+    last checkpoint is validated. ``loop`` replaces the per-worker function (tests);
+    ``tracking``: the MLflow run that rank 0's reports and the pool's validations go to."""
     import ray
 
     from raydr.training.trainer import fit, prepare
@@ -36,14 +40,18 @@ def train(cfg: RaydrConfig, loop=None) -> tuple[Any, list[Row] | None]:
     pooled = cfg.validation.enabled and cfg.validation.mode == "pool"
     prepare(cfg, also=[demand(cfg)] if pooled else [])
     if not cfg.validation.enabled:
-        return fit(cfg, loop=loop), None
+        return fit(cfg, loop=loop, tracking=tracking), None
     if cfg.validation.mode == "inline":
         hook = InlineHook(cfg, prepare_subset(cfg), cfg.name)
-        return fit(cfg, hook=hook, loop=loop), Ledger.for_run(cfg).results(cfg.name)
-    pool = start_pool(cfg)
+        result = fit(cfg, hook=hook, loop=loop, tracking=tracking)
+        rows = Ledger.for_run(cfg).results(cfg.name)
+        for row in rows if tracking is not None else ():  # inline: validated in the loop
+            tracking.log_validation(row["step"], row["metrics"])
+        return result, rows
+    pool = start_pool(cfg, tracking=tracking)
     hook = PoolHook(pool_name(cfg.name), cfg.name)
     negatives = PoolNegatives.for_run(cfg, pool_name(cfg.name), cfg.name)
-    result = fit(cfg, hook=hook, loop=loop, negatives=negatives)
+    result = fit(cfg, hook=hook, loop=loop, negatives=negatives, tracking=tracking)
     log.info("training finished; waiting for pending validations")
     wait_idle(pool)
     done = ray.get(pool.results.remote(cfg.name))

@@ -73,15 +73,17 @@ def build_manpages(args: argparse.Namespace) -> None:
 def import_training(args: argparse.Namespace) -> None:
     from raydr.data.training_import import import_training
 
-    if args.dev_queries < 0:
-        raise RaydrError(f"--dev-queries {args.dev_queries}: expected a count >= 0")
+    for flag, n in (("--dev-queries", args.dev_queries), ("--test-queries", args.test_queries)):
+        if n < 0:
+            raise RaydrError(f"{flag} {n}: expected a count >= 0")
     report = import_training(
         args.src,
         args.out,
         corpus=args.corpus,
         split=args.split,
         dev_queries=args.dev_queries,
-        dev_seed=args.dev_seed,
+        test_queries=args.test_queries,
+        seed=args.seed,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -184,7 +186,10 @@ def _import_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dev-queries", type=int, default=0, help="queries carved into a 'dev' split (0: none)"
     )
-    p.add_argument("--dev-seed", type=int, default=0, help="seed of the carving")
+    p.add_argument(
+        "--test-queries", type=int, default=0, help="queries carved into a 'test' split first"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the carvings")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

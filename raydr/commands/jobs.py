@@ -14,7 +14,7 @@ from raydr.verb import Verb
 
 
 def train(args: argparse.Namespace) -> None:
-    from raydr import config
+    from raydr import config, tracking
     from raydr.launch import train
 
     cfg = config.load(args.config, args.overrides)
@@ -26,8 +26,16 @@ def train(args: argparse.Namespace) -> None:
         print(refit.describe(record), flush=True)
         print(f"refit record: {refit.write_record(cfg, record)}", flush=True)
         label = f"refit to step {record['stop_at']} (dev picked {record['selected_step']})"
-    result, validated = train(cfg)
+    run = tracking.start(cfg)
+    try:
+        result, validated = train(cfg, tracking=run)
+    except BaseException:
+        if run is not None:
+            run.end(ok=False)
+        raise
     if result.error:
+        if run is not None:
+            run.end(ok=False)
         raise RaydrError(f"training failed: {result.error}")
     print(json.dumps(result.metrics, indent=2, default=str))
     metric = cfg.eval.primary_metric
@@ -50,6 +58,8 @@ def train(args: argparse.Namespace) -> None:
         from raydr.validation import retention
 
         print(retention.describe(retention.disk(cfg.with_absolute_paths())))
+    if run is not None:
+        _track_model(run, chosen)
     if chosen is None or args.no_eval:
         return
     import torch
@@ -66,6 +76,20 @@ def train(args: argparse.Namespace) -> None:
     scored = evaluate(cfg, model_path=chosen, progress=not args.quiet, shards=shards)
     print(format_table(scored))
     print(f"[{label} on {cfg.data.split}, full corpus] → {cfg.paths.run_dir / 'metrics.json'}")
+
+
+def _track_model(run, chosen: str | None) -> None:
+    """The selected checkpoint, exported (weights, tokenizer, no optimizer state), as the
+    MLflow run's model; then the run is closed."""
+    import tempfile
+
+    from raydr.training import checkpoint
+
+    if chosen is not None:
+        with tempfile.TemporaryDirectory(prefix="raydr-model-") as tmp:
+            run.log_model(checkpoint.export(chosen, Path(tmp) / "model"))
+        print(f"tracking: MLflow run {run.run_id} in {run.uri}")
+    run.end(ok=True)
 
 
 def tune(args: argparse.Namespace) -> None:

@@ -8,8 +8,8 @@ become the tables ``import-beir`` writes, plus the hard negatives:
   first, so that validation searches the whole collection, not only the passages the records
   happen to name.
 - ``queries.parquet`` and ``qrels/train.parquet``. A query met twice keeps every positive.
-  ``dev_queries`` carves a seeded ``dev`` split for model selection, as ``import-beir
-  --dev-from`` does.
+  ``test_queries`` carves a seeded ``test`` split to report on, and ``dev_queries`` a ``dev``
+  split for model selection from the rest, as ``import-beir --dev-from`` does.
 - ``negatives.parquet``: each query's negatives in the order given, judged ones left out. This
   is the file for ``training.negatives``.
 
@@ -40,6 +40,7 @@ from raydr.data.split import DEV, carve_queries
 from raydr.errors import RaydrError
 
 SPLIT = "train"
+TEST = "test"
 NEGATIVES_FILE = "negatives.parquet"
 _COMMIT_EVERY = 10_000  # records per transaction
 _WRITE_BATCH = 8_192  # rows per fetch when writing the tables
@@ -70,7 +71,8 @@ def import_training(
     corpus: Path | str | None = None,
     split: str = SPLIT,
     dev_queries: int = 0,
-    dev_seed: int = 0,
+    test_queries: int = 0,
+    seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -96,7 +98,7 @@ def import_training(
             if not seen:
                 raise RaydrError(f"{src}: no training records")
             _check_clashes(db)
-            report = _write(db, tmp, dev_queries, dev_seed)
+            report = _write(db, tmp, dev_queries, test_queries, seed)
         finally:
             db.close()
             (tmp / "import.sqlite").unlink(missing_ok=True)
@@ -169,7 +171,9 @@ def _check_clashes(db: sqlite3.Connection) -> None:
             )
 
 
-def _write(db: sqlite3.Connection, tmp: Path, dev_queries: int, dev_seed: int) -> dict[str, Any]:
+def _write(
+    db: sqlite3.Connection, tmp: Path, dev_queries: int, test_queries: int, seed: int
+) -> dict[str, Any]:
     """The tables, each streamed out of the database in key order."""
     docs = _write_table(
         db, "SELECT doc_id, title, text FROM docs ORDER BY doc_id", CORPUS, tmp / "corpus.parquet"
@@ -183,20 +187,26 @@ def _write(db: sqlite3.Connection, tmp: Path, dev_queries: int, dev_seed: int) -
         db, "SELECT query_id, doc_id, 1 FROM qrels ORDER BY query_id, doc_id", QRELS, train
     )
     splits: dict[str, Any] = {SPLIT: {"queries": queries, "rows": rows}}
-    if dev_queries:
-        # The carving needs the split's query ids and judgements (not the texts) in memory.
-        kept, dev = carve_queries(pq.read_table(train), dev_queries, dev_seed, "--dev-queries")
-        pq.write_table(kept, train)
-        pq.write_table(dev, tmp / "qrels" / f"{DEV}.parquet")
-        splits = {
-            SPLIT: {"queries": _distinct(kept), "rows": kept.num_rows},
-            DEV: {
-                "queries": _distinct(dev),
-                "rows": dev.num_rows,
-                "carved_from": SPLIT,
-                "seed": dev_seed,
-            },
+    kept = None
+    # Test first, then dev from what is left; each needs the split's query ids and judgements
+    # (not the texts) in memory.
+    for name, n, flag in (
+        (TEST, test_queries, "--test-queries"),
+        (DEV, dev_queries, "--dev-queries"),
+    ):
+        if not n:
+            continue
+        kept, carved = carve_queries(kept or pq.read_table(train), n, seed, flag)
+        pq.write_table(carved, tmp / "qrels" / f"{name}.parquet")
+        splits[name] = {
+            "queries": _distinct(carved),
+            "rows": carved.num_rows,
+            "carved_from": SPLIT,
+            "seed": seed,
         }
+    if kept is not None:
+        pq.write_table(kept, train)
+        splits[SPLIT] = {"queries": _distinct(kept), "rows": kept.num_rows}
     negatives = _write_negatives(db, tmp / NEGATIVES_FILE)
     return {"docs": docs, "queries": queries, "splits": splits, "negatives": negatives}
 

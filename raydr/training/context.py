@@ -15,6 +15,7 @@ import numpy as np
 
 from raydr.config import RaydrConfig
 from raydr.data.store import TrainingData
+from raydr.tracking import TrackingRun
 
 
 class CheckpointHook(Protocol):
@@ -58,3 +59,4 @@ class LoopContext:
     data: TrainingData  # the memory-mapped rows and passages (built by the driver)
     hook: CheckpointHook | None = None  # None: train without validation
     negatives: NegativeSource | None = None  # None: the static negatives of training.negatives
+    tracking: TrackingRun | None = None  # None: no experiment tracking; else rank 0 logs reports

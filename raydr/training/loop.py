@@ -57,6 +57,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rows, passages = RowStore(ctx.data.rows), PassageStore(ctx.data.passages)
     source = ctx.negatives  # None: the static negatives of training.negatives
 
+    # Rank 0 joins the driver's MLflow run (raydr.tracking) and logs what it reports.
+    tracker = ctx.tracking.join_on_worker() if ctx.tracking is not None and rank == 0 else None
+
     # --- model: from the latest checkpoint when Ray restarts us, else from model.name.
     resume = ray.train.get_checkpoint()
     model, tokenizer, (start_step, epoch, epoch_rows) = _starting_point(
@@ -173,6 +176,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     metrics.update(source.describe(step))
                 state = (model, tokenizer, optimizer, scheduler, bank)
                 _report(ctx, rank, metrics, state, (step, epoch, epoch_rows))
+                if tracker is not None:
+                    ctx.tracking.log_report(tracker, metrics, step)
                 if ctx.hook is not None and step < last:
                     ctx.hook.hold(step)  # a scheduler rung may want this metric first
             if step >= last:

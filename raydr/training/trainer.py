@@ -15,6 +15,7 @@ from raydr import capacity
 from raydr.capacity import Demand
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
+from raydr.tracking import TrackingRun
 from raydr.training.context import CheckpointHook, LoopContext, NegativeSource
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     loop=None,
     negatives: NegativeSource | None = None,
+    tracking: TrackingRun | None = None,
 ):
     """A ``TorchTrainer`` for ``cfg`` (resolved by the caller: ``with_absolute_paths``); rank 0
     hands each committed checkpoint to ``hook``.
@@ -104,6 +106,7 @@ def build_trainer(
         data=store.ensure(cfg.data.path, tcfg.split, tcfg.negatives),
         hook=hook,
         negatives=negatives,
+        tracking=tracking,
     )
     return TorchTrainer(
         loop or train_loop_per_worker,
@@ -157,6 +160,7 @@ def fit(
     callbacks=None,
     negatives: NegativeSource | None = None,
     on_run: Callable[[str], None] | None = None,
+    tracking: TrackingRun | None = None,
 ):
     """Train (after ``prepare``); → Ray Train's ``Result``. Rerunning with the same storage and
     name resumes from the latest committed checkpoint. ``hook`` receives every committed
@@ -168,7 +172,9 @@ def fit(
     from raydr.training.failure import training_failed
 
     try:
-        trainer = build_trainer(cfg, hook=hook, loop=loop, callbacks=callbacks, negatives=negatives)
+        trainer = build_trainer(
+            cfg, hook=hook, loop=loop, callbacks=callbacks, negatives=negatives, tracking=tracking
+        )
         if on_run is not None:
             on_run(trainer.train_run_context.run_id)
         return trainer.fit()

@@ -76,6 +76,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
     import ray
     from ray import tune
 
+    from raydr import tracking
     from raydr.connect import init_ray
     from raydr.training.preflight import preflight
     from raydr.training.trainer import check_capacity
@@ -128,6 +129,9 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         ReleaseStopped(cfg.name),
     ]
     callbacks.append(PoolStopped(pool_name(cfg.name), cfg.tune.stopped_checkpoints == "cancel"))
+    tracker = tracking.tune_callback(cfg)  # one MLflow run per trial, if tracking is on
+    if tracker is not None:
+        callbacks.append(tracker)
     trainable = tune.with_resources(
         tune.with_parameters(
             tune_trial,

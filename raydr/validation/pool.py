@@ -35,6 +35,7 @@ from raydr.capacity import Demand
 from raydr.config import MiningConfig, RaydrConfig
 from raydr.errors import RaydrError
 from raydr.mining.publisher import Publication
+from raydr.tracking import TrackingRun
 from raydr.validation.ledger import Ledger, cancelled_row, done_row, failed_row, pending_row
 from raydr.validation.queue import Job, Key, WorkQueue
 from raydr.validation.rendezvous import Rendezvous
@@ -59,10 +60,12 @@ class ValidationPool:
         ledger_path: str,
         retain: bool = True,
         shards: tuple[str, list] | None = None,
+        tracking: TrackingRun | None = None,
     ) -> None:
         from raydr.validation.validator import Validator
 
         self.cfg = cfg
+        self.tracking = tracking  # each closed row is also logged there, at its step
         self.retain = retain  # prune by training.keep (not when validating a user's folders)
         vcfg = cfg.validation
         self.ledger = Ledger(ledger_path)
@@ -247,6 +250,8 @@ class ValidationPool:
                 )
                 written = True
                 self.meet.signal()
+                if self.tracking is not None:  # off the event loop: a database write
+                    await asyncio.to_thread(self.tracking.log_validation, step, result)
             if mining is not None:
                 index_ref = await stream.__anext__()
                 index = await index_ref  # zero-copy; surfaces a failure of the mining part
@@ -342,7 +347,8 @@ class ValidationPool:
                 queued_to_done_s=time.time() - gathering.queued_at,
                 attempts=max(metrics["shard_runs"]),
             )
-            self._close(job, gathering, row)
+            if self._close(job, gathering, row) and self.tracking is not None:
+                await asyncio.to_thread(self.tracking.log_validation, job.step, metrics)
         except ray.exceptions.RayActorError as exc:
             gave_up = self.queue.retry(job)
             if gave_up is None:
@@ -381,17 +387,19 @@ class ValidationPool:
             return
         self._close(job, gathering, failed_row(job.trial, job.step, job.path, reason))
 
-    def _close(self, job: Job, gathering: Gathering, row) -> None:
+    def _close(self, job: Job, gathering: Gathering, row) -> bool:
         """Close a scattered checkpoint once, whichever shard gets here: write its row (None:
-        a mining-only refresh owes none) and forget it, so its remaining shards are skipped."""
+        a mining-only refresh owes none) and forget it, so its remaining shards are skipped.
+        → whether this call closed it."""
         if gathering.closed:
-            return
+            return False
         gathering.closed = True  # before the write: a failing write must not be retried twice
         if self._gathering.get(job.key) is gathering:
             del self._gathering[job.key]
         if row is not None:
             self.ledger.append(row)
             self.meet.signal()
+        return True
 
     async def _retain(self, trial: str, strays: bool = False) -> None:
         """Apply ``training.keep`` to ``trial`` now that its rows changed (see ``retention``);
@@ -534,9 +542,10 @@ def check_resources(cfg: RaydrConfig) -> None:
     )
 
 
-def start_pool(cfg: RaydrConfig, retain: bool = True):
+def start_pool(cfg: RaydrConfig, retain: bool = True, tracking: TrackingRun | None = None):
     """Create (or reattach to) the run's named pool. → actor handle. ``retain``: delete
-    checkpoints as ``training.keep`` says (off when validating folders a user handed over)."""
+    checkpoints as ``training.keep`` says (off when validating folders a user handed over);
+    ``tracking``: the MLflow run each validated checkpoint is logged to."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from raydr.validation.sampling import prepare_subset
@@ -556,7 +565,7 @@ def start_pool(cfg: RaydrConfig, retain: bool = True):
         get_if_exists=True,
         lifetime=None,
         scheduling_strategy=here,
-    ).remote(cfg, subset, str(ledger.path), retain, shards)
+    ).remote(cfg, subset, str(ledger.path), retain, shards, tracking)
 
 
 def wait_idle(pool, timeout_s: float = 3600.0, poll_s: float = 1.0) -> bool:

@@ -33,7 +33,8 @@ def _raydr(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedP
 
 
 def _job(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> Path:
-    """The tiny job as a YAML file: 4 steps, checkpoints at 2 and 4, one CPU validator."""
+    """The tiny job as a YAML file: 4 steps, checkpoints at 2 and 4, one CPU validator,
+    tracked in MLflow."""
     tree = tiny_job(
         "cli-job",
         tmp_path,
@@ -50,6 +51,7 @@ def _job(tmp_path: Path, dataset: Path, model: Path, negatives: Path) -> Path:
         },
         validation={"num_gpus": DROP},
         ray=LOCAL_RAY,
+        tracking={"backend": "mlflow"},  # into runs/cli-job/mlflow.db
     )
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(tree))
@@ -95,6 +97,39 @@ def test_train_prints_each_step_once_and_the_selected_checkpoints_test_score(
     metrics = json.loads((trained["tmp"] / "runs/cli-job/metrics.json").read_text())
     assert float(table["nDCG@10"]) == pytest.approx(metrics["metrics"]["nDCG@10"], abs=1e-4)
     assert metrics["model"].endswith(f"checkpoint_step_{int(best[1]):07d}")
+
+
+def test_the_mlflow_run_holds_params_reports_the_ledgers_validations_and_the_model(
+    trained: dict,
+) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from raydr.validation.ledger import Ledger
+
+    assert trained["done"].returncode == 0
+    run_dir = trained["tmp"] / "runs" / "cli-job"
+    uri, before = f"sqlite:///{run_dir / 'mlflow.db'}", mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = mlflow.search_runs(experiment_names=["cli-job"])
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert len(runs) == 1, runs
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED" and run["params.training.epochs"] == "4"
+    client = MlflowClient(uri)
+
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run.run_id, key)}
+
+    # Every validated checkpoint at its own step, with the ledger's value.
+    ledger = Ledger.find(run_dir).results("cli-job")
+    assert history("validation/nDCG_at_10") == {r["step"]: r["metrics"]["nDCG@10"] for r in ledger}
+    assert sorted(history("loss")) == [2, 4]  # rank 0's report at each checkpoint
+    files = {Path(f.path).name for f in client.list_artifacts(run.run_id, "model")}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    assert not any("optimizer" in f for f in files), files
 
 
 def test_validate_given_checkpoints_and_watch_mode_agree_with_the_ledger(

@@ -91,6 +91,7 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
     tree = _tree(tmp_path, tiny_dataset, tiny_model_dir, negatives)
     # A subset of 30 of the 40 docs (10 judged + 20 drawn), so the full corpus differs.
     tree["validation"]["sampling"] = {"strategy": "random", "size": 20}
+    tree["tracking"] = {"backend": "mlflow"}  # one MLflow run per trial, Ray's callback
     cfg = config.build(tree, "t")
     try:
         summary = run_search(cfg)
@@ -164,6 +165,29 @@ def test_asha_stops_the_bad_trial_on_validation_metrics(
     assert list((tmp_path / "tune" / "tiny-tune").rglob("events.out.tfevents*")), (
         "no TensorBoard logs"
     )
+    # MLflow, through Ray Tune's callback: a run per trial with its lr, and every validated
+    # metric it reported paired with its checkpoint's step as the ledger has it.
+    import mlflow
+
+    uri = f"sqlite:///{cfg.with_absolute_paths().paths.run_dir / 'mlflow.db'}"
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = mlflow.search_runs(experiment_names=["tiny-tune"])
+        client = mlflow.tracking.MlflowClient(uri)
+        for _, run in runs.iterrows():
+            trial = next(t for t in (good, bad) if run["tags.trial_name"].endswith(t["trial"]))
+            assert float(run["params.training.lr"]) == trial["config"]["training.lr"]
+            steps = {
+                m.step: m.value for m in client.get_metric_history(run.run_id, "validated_step")
+            }
+            values = {m.step: m.value for m in client.get_metric_history(run.run_id, "nDCG_at_10")}
+            assert steps and set(steps) == set(values), run.run_id
+            for it, validated in steps.items():
+                assert values[it] == done[(trial["trial"], int(validated))]
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert len(runs) == 2
 
 
 def test_rerun_after_the_driver_is_killed_resumes_the_search(

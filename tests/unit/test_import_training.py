@@ -182,16 +182,24 @@ def test_a_tevatron_file_without_ids_is_deduplicated_by_text(tmp_path: Path) -> 
             "positive_passages": [{"text": "other"}],
             "negative_passages": [p],
         },
+        {"query": "q three", "positive_passages": [{"title": "t", "text": "shared passage"}]},
     ]
     src = tmp_path / "t.jsonl.gz"
     import gzip
 
     with gzip.open(src, "wt") as fh:
         fh.writelines(json.dumps(x) + "\n" for x in lines)
-    report = import_training(src, tmp_path / "out", dev_queries=1)
-    assert report["docs"] == 3 and report["queries"] == 2
-    assert report["splits"]["dev"]["queries"] == 1 and report["splits"]["train"]["queries"] == 1
-    assert "7" in set(load_queries(tmp_path / "out")["query_id"].to_pylist())
+    out = tmp_path / "out"
+    report = import_training(src, out, dev_queries=1, test_queries=1)
+    # A passage is its title and text: "shared passage" under a title is another doc.
+    assert report["docs"] == 4 and report["queries"] == 3
+    assert "7" in set(load_queries(out)["query_id"].to_pylist())
+    # One query each in test, dev and train, seeded: disjoint, and together all of them.
+    parts = [set(load_qrels(out, s)) for s in ("test", "dev", "train")]
+    assert [len(x) for x in parts] == [1, 1, 1] and len(set.union(*parts)) == 3
+    assert {s: report["splits"][s]["queries"] for s in ("test", "dev", "train")} == dict.fromkeys(
+        ("test", "dev", "train"), 1
+    )
 
 
 def _jsonl(path: Path, *records) -> Path:
