@@ -45,8 +45,9 @@ def train(
         hook = InlineHook(cfg, prepare_subset(cfg), cfg.name)
         result = fit(cfg, hook=hook, loop=loop, tracking=tracking)
         rows = Ledger.for_run(cfg).results(cfg.name)
-        for row in rows if tracking is not None else ():  # inline: validated in the loop
-            tracking.log_validation(row["step"], row["metrics"])
+        if tracking is not None:  # inline rows are written in the loop: logged once it ends
+            for row in rows:
+                tracking.log_validation(row["step"], row["metrics"])
         return result, rows
     pool = start_pool(cfg, tracking=tracking)
     hook = PoolHook(pool_name(cfg.name), cfg.name)
