@@ -552,13 +552,31 @@ class TrackingConfig(Section):
     """Experiment tracking (``raydr.tracking``): params, every report, every validated metric
     at its checkpoint's step, and the selected model."""
 
-    backend: Literal["none", "mlflow"] = "none"
+    backend: Literal["none", "mlflow", "wandb"] = "none"
     uri: str | None = Field(
         None,
         description="an MLflow tracking URI; default: sqlite in the run folder (offline), "
-        "OUTPUT_DIR/NAME/mlflow.db",
+        "OUTPUT_DIR/NAME/mlflow.db. W&B's server is WANDB_BASE_URL's, not this field's",
     )
-    experiment: str | None = Field(None, description="MLflow experiment; default: the job name")
+    experiment: str | None = Field(
+        None, description="the MLflow experiment or the W&B project; default: the job name"
+    )
+    mode: Literal["offline", "online"] = Field(
+        "offline",
+        description="W&B only: offline writes OUTPUT_DIR/NAME/wandb (send it later with `wandb "
+        "sync`); online streams to the W&B server and needs `wandb login` or WANDB_API_KEY",
+    )
+    entity: str | None = Field(None, description="W&B only: the team or user; default: yours")
+
+    @model_validator(mode="after")
+    def _fields_of_the_backend(self) -> TrackingConfig:
+        if self.backend == "wandb" and self.uri is not None:
+            raise ValueError(
+                "tracking.uri is an MLflow URI; for a W&B server set WANDB_BASE_URL instead"
+            )
+        if self.backend != "wandb" and self.entity is not None:
+            raise ValueError("tracking.entity is W&B's; it needs tracking.backend: wandb")
+        return self
 
 
 class RaydrConfig(Section):

@@ -26,7 +26,8 @@ def train(
 
     → (Ray Train result, the run's done ledger rows; None without validation). Returns once the
     last checkpoint is validated. ``loop`` replaces the per-worker function (tests);
-    ``tracking``: the MLflow run that rank 0's reports and the pool's validations go to."""
+    ``tracking``: the run (MLflow, W&B) that rank 0's reports and the pool's validations go
+    to."""
     import ray
 
     from raydr.training.trainer import fit, prepare
@@ -48,6 +49,7 @@ def train(
         if tracking is not None:  # inline rows are written in the loop: logged once it ends
             for row in rows:
                 tracking.log_validation(row["step"], row["metrics"])
+            tracking.close_here()
         return result, rows
     pool = start_pool(cfg, tracking=tracking)
     hook = PoolHook(pool_name(cfg.name), cfg.name)

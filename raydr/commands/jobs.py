@@ -80,15 +80,19 @@ def train(args: argparse.Namespace) -> None:
 
 def _track_model(run, chosen: str | None) -> None:
     """The selected checkpoint, exported (weights, tokenizer, no optimizer state), as the
-    MLflow run's model; then the run is closed."""
+    tracking run's model; then the run is closed."""
     import tempfile
 
     from raydr.training import checkpoint
 
     if chosen is not None:
-        with tempfile.TemporaryDirectory(prefix="raydr-model-") as tmp:
-            run.log_model(checkpoint.export(chosen, Path(tmp) / "model"))
-        print(f"tracking: MLflow run {run.run_id} in {run.uri}")
+        keep = run.model_dir()  # W&B keeps the files where they are; MLflow copies them
+        if keep is not None:
+            run.log_model(checkpoint.export(chosen, keep))
+        else:
+            with tempfile.TemporaryDirectory(prefix="raydr-model-") as tmp:
+                run.log_model(checkpoint.export(chosen, Path(tmp) / "model"))
+        print(f"tracking: {run.describe()}")
     run.end(ok=True)
 
 

@@ -57,7 +57,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rows, passages = RowStore(ctx.data.rows), PassageStore(ctx.data.passages)
     source = ctx.negatives  # None: the static negatives of training.negatives
 
-    # Rank 0 joins the driver's MLflow run (raydr.tracking) and logs what it reports.
+    # Rank 0 joins the driver's tracking run (raydr.tracking) and logs what it reports.
     tracker = ctx.tracking.join_on_worker() if ctx.tracking is not None and rank == 0 else None
 
     # --- model: from the latest checkpoint when Ray restarts us, else from model.name.
@@ -183,6 +183,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if step >= last:
                 break
         epoch, epoch_rows = epoch + 1, 0
+    if tracker is not None:
+        ctx.tracking.leave_on_worker(tracker)
 
 
 def _seed(seed: int, rank: int, step: int = 0) -> None:

@@ -129,7 +129,7 @@ def run_search(cfg: RaydrConfig) -> dict[str, Any]:
         ReleaseStopped(cfg.name),
     ]
     callbacks.append(PoolStopped(pool_name(cfg.name), cfg.tune.stopped_checkpoints == "cancel"))
-    tracker = tracking.tune_callback(cfg)  # one MLflow run per trial, if tracking is on
+    tracker = tracking.tune_callback(cfg)  # one run per trial (MLflow, W&B), if tracking is on
     if tracker is not None:
         callbacks.append(tracker)
     trainable = tune.with_resources(

@@ -495,6 +495,8 @@ class ValidationPool:
         """Stop dispatching (call before killing the pool, so it exits without noise)."""
         if self._started:
             self._dispatcher.cancel()
+        if self.tracking is not None:  # W&B's run in this process is flushed and closed
+            await asyncio.to_thread(self.tracking.close_here)
 
     async def owed(self, trial: str) -> int:
         """Checkpoints of ``trial`` taken in but not yet closed."""
@@ -545,7 +547,7 @@ def check_resources(cfg: RaydrConfig) -> None:
 def start_pool(cfg: RaydrConfig, retain: bool = True, tracking: TrackingRun | None = None):
     """Create (or reattach to) the run's named pool. → actor handle. ``retain``: delete
     checkpoints as ``training.keep`` says (off when validating folders a user handed over);
-    ``tracking``: the MLflow run each validated checkpoint is logged to."""
+    ``tracking``: the run (MLflow, W&B) each validated checkpoint is logged to."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from raydr.validation.sampling import prepare_subset

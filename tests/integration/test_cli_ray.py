@@ -132,6 +132,39 @@ def test_the_mlflow_run_holds_params_reports_the_ledgers_validations_and_the_mod
     assert not any("optimizer" in f for f in files), files
 
 
+def test_an_offline_wandb_group_holds_params_reports_the_ledgers_validations_and_the_model(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    """The same job tracked in W&B (offline, no account): the driver's run with the model,
+    rank 0's with its reports (Ray's setup_wandb), the pool's with every validated row."""
+    from raydr.testing import wandb_records as wr
+    from raydr.validation.ledger import Ledger
+
+    job = _job(tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    done = _raydr("train", str(job), "-q", "--no-eval", "tracking.backend=wandb", cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    run_dir = tmp_path / "runs" / "cli-job"
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    assert f"tracking: W&B group cli-job (run {run_id})" in done.stdout
+    driver, train, validation = (
+        wr.run_file(run_dir, run_id + part) for part in ("", "-train", "-validation")
+    )
+    for path, job_type in ((driver, "job"), (train, "train"), (validation, "validation")):
+        (named,) = wr.runs(path)
+        assert (named["run_group"], named["job_type"]) == ("cli-job", job_type)
+        assert wr.config(path)["training"]["epochs"] == 4
+    # Rank 0's report at each checkpoint, at its step.
+    assert [r["_step"] for r in wr.history(train) if "loss" in r] == [2, 4]
+    # Every validated checkpoint against its own step, with the ledger's value.
+    ledger = {r["step"]: r["metrics"]["nDCG@10"] for r in Ledger.find(run_dir).results()}
+    rows = {r["checkpoint_step"]: r["validation/nDCG@10"] for r in wr.history(validation)}
+    assert rows == ledger and sorted(rows) == [2, 4]
+    (model,) = wr.artifacts(driver)
+    assert model["type"] == "model"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(model["files"])
+    assert not any("optimizer" in f for f in model["files"]), model["files"]
+
+
 def test_validate_given_checkpoints_and_watch_mode_agree_with_the_ledger(
     trained: dict, capsys
 ) -> None:

@@ -88,12 +88,16 @@ def slow_ray(tmp_path_factory):
     ray.shutdown()
 
 
-def _search(tmp_path: Path, dataset: Path, model: Path, negatives: Path, caplog, **tune) -> dict:
+def _search(
+    tmp_path: Path, dataset: Path, model: Path, negatives: Path, caplog, tracking=None, **tune
+) -> dict:
     from raydr.tuning.search import run_search
 
     name = "rung-" + ("-".join(str(v) for v in tune.values()) or "default")
     tree = tiny_search_tree(name, tmp_path, dataset, model, negatives)
     del tree["ray"]  # the module's Ray, slowed
+    if tracking:
+        tree["tracking"] = tracking
     # A learning trial first, so ASHA has its rung metrics when the frozen one runs.
     tree["tune"].update(search_alg="grid", **tune)
     tree["tune"]["scheduler"]["grace_period"] = 8
@@ -200,7 +204,13 @@ def test_rung_wait_stops_it_at_the_rung(
     slow_ray, tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path, caplog
 ) -> None:
     trials = _search(
-        tmp_path, tiny_dataset, tiny_model_dir, negatives, caplog, rung_wait="until_validated"
+        tmp_path,
+        tiny_dataset,
+        tiny_model_dir,
+        negatives,
+        caplog,
+        tracking={"backend": "wandb"},  # offline, a W&B run per trial through Ray's callback
+        rung_wait="until_validated",
     )
     frozen, learner = trials[1e-9], trials[3e-3]
     assert frozen["stopped_early"] is True and frozen["decided_on_step"] == 8, frozen
@@ -208,3 +218,18 @@ def test_rung_wait_stops_it_at_the_rung(
     assert frozen["decision_lag_steps"] == {8: 0}
     # The learning trial paused at both rungs and went on after each decision.
     assert learner["decision_lag_steps"] == {8: 0, 16: 0}, learner
+    # W&B: each trial's offline run holds its lr, and every validated metric it reported
+    # paired with its checkpoint's step as the ledger has it.
+    from raydr.testing import wandb_records as wr
+    from raydr.validation.ledger import Ledger
+
+    run_dir = tmp_path / "runs" / "rung-until_validated"
+    done = {
+        (r["trial"], r["step"]): r["metrics"]["nDCG@10"] for r in Ledger.find(run_dir).results()
+    }
+    for trial in (frozen, learner):
+        path = wr.run_file(run_dir, trial["trial"])
+        assert wr.runs(path)[0]["run_group"] == "rung-until_validated"
+        assert wr.config(path)["training.lr"] == trial["config"]["training.lr"]
+        seen = [(r["validated_step"], r["nDCG@10"]) for r in wr.history(path) if "nDCG@10" in r]
+        assert seen and all(value == done[(trial["trial"], s)] for s, value in seen), seen

@@ -1,9 +1,10 @@
 """Experiment tracking without Ray: the MLflow run a job opens (SQLite in the run folder by
-default), reopened by a rerun, validated metrics at their checkpoint's step, MLflow-legal
-names, and a store that cannot serve as one line."""
+default), the W&B runs (offline in the run folder by default), each reopened by a rerun,
+validated metrics at their checkpoint's step, legal names, and bad settings as one line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,4 +66,71 @@ def test_a_tracking_store_that_cannot_serve_is_one_line(tmp_path: Path, capsys) 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("raydr: error: tracking.uri 'bogus://nowhere'")
     with pytest.raises(Exception, match="backend"):
-        _cfg(tmp_path, backend="wandb")
+        _cfg(tmp_path, backend="neptune")
+
+
+def test_wandb_settings_that_belong_to_the_other_backend_are_one_line(
+    tmp_path: Path, capsys
+) -> None:
+    for tracked, expected in (
+        ({"backend": "wandb", "uri": "http://x"}, "tracking.uri is an MLflow URI"),
+        ({"entity": "me"}, "tracking.entity is W&B's"),
+        ({"backend": "wandb", "mode": "cloud"}, "tracking.mode"),
+    ):
+        job = tmp_path / "job.yaml"
+        tree = _cfg(tmp_path).model_dump(mode="json")
+        job.write_text(json.dumps({**tree, "tracking": {**tree["tracking"], **tracked}}))
+        assert main(["train", str(job)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+
+
+def test_online_wandb_without_an_api_key_is_one_line_before_anything_runs(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-home"))  # no `wandb login`
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    job = tmp_path / "job.yaml"
+    job.write_text(_cfg(tmp_path, backend="wandb", mode="online").model_dump_json())
+    assert main(["train", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no W&B API key; run `wandb login`" in err, err
+    assert not (tmp_path / "runs" / "tracked" / "tracking.json").exists()
+
+
+def test_an_offline_wandb_group_holds_params_validations_by_checkpoint_step_and_the_model(
+    tmp_path: Path,
+) -> None:
+    from raydr.testing import wandb_records as wr
+
+    cfg = _cfg(tmp_path, backend="wandb")
+    run = tracking.start(cfg)
+    run_dir = tmp_path / "runs" / "tracked"
+    assert run.dir == str(run_dir) and run.mode == "offline"
+    # The pool closes rows out of order; each lands against its own checkpoint's step.
+    for step, value in ((20, 0.67), (10, 0.61)):
+        run.log_validation(step, {"nDCG@10": value, "primary_metric": "nDCG@10"})
+    run.close_here()
+    model = run.model_dir()
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    run.log_model(model)
+    run.end(ok=True)
+    validation = wr.run_file(run_dir, f"{run.run_id}-validation")
+    rows = [(r["checkpoint_step"], r["validation/nDCG@10"]) for r in wr.history(validation)]
+    assert rows == [(20, 0.67), (10, 0.61)]
+    (named,) = wr.runs(validation)
+    assert (named["display_name"], named["run_group"], named["job_type"]) == (
+        "tracked/validation",
+        "tracked",
+        "validation",
+    )
+    assert wr.config(validation)["training"]["lr"] == cfg.training.lr  # typed, unlike MLflow's
+    driver = wr.run_file(run_dir, run.run_id)
+    (art,) = wr.artifacts(driver)
+    assert (art["name"], art["type"], art["files"]) == ("tracked-model", "model", ["config.json"])
+    # A rerun resumes training, so it resumes the same W&B runs.
+    again = tracking.start(cfg)
+    assert again.run_id == run.run_id
+    again.end(ok=True)

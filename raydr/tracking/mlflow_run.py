@@ -1,4 +1,4 @@
-"""Experiment tracking in MLflow, through Ray's own integrations (``tracking:`` in a job).
+"""Experiment tracking in MLflow, through Ray's own integrations (``tracking.backend: mlflow``).
 
 One ``raydr train`` is one MLflow run, and so is each trial of ``raydr tune``:
 
@@ -30,35 +30,9 @@ from typing import Any
 
 from raydr.config import RaydrConfig
 from raydr.errors import RaydrError
+from raydr.tracking.names import VALIDATION, flat, metric_name, numbers, recorded_run
 
 log = logging.getLogger(__name__)
-
-VALIDATION = "validation/"  # prefix of the validated metrics
-
-
-def metric_name(key: str) -> str:
-    """An MLflow metric name for raydr's: ``nDCG@10/debian`` → ``nDCG_at_10/debian``."""
-    return key.replace("@", "_at_")
-
-
-def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"training": {"lr": 1e-4}}`` → ``{"training.lr": "0.0001"}``; MLflow params are text."""
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = str(value)
-    return out
-
-
-def numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of a report, MLflow-named (text and flags are left out)."""
-    return {
-        metric_name(k): float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
 
 
 def store_uri(cfg: RaydrConfig) -> str:
@@ -97,7 +71,7 @@ def experiment(cfg: RaydrConfig) -> str:
 
 
 @dataclass(frozen=True)
-class TrackingRun:
+class MlflowRun:
     """An open MLflow run; picklable, so Ray ships it to rank 0 and to the validation pool."""
 
     uri: str
@@ -123,8 +97,7 @@ class TrackingRun:
             log.warning("tracking: rank 0 could not join run %s: %s", self.run_id, err)
             return None
 
-    @staticmethod
-    def log_report(mlflow, metrics: dict[str, Any], step: int) -> None:
+    def log_report(self, mlflow, metrics: dict[str, Any], step: int) -> None:
         """Rank 0's report at a checkpoint, through the module ``join_on_worker`` gave."""
         if mlflow is None:
             return
@@ -132,6 +105,9 @@ class TrackingRun:
             mlflow.log_metrics(numbers(metrics), step=step)
         except Exception as err:
             log.warning("tracking: could not log step %d: %s", step, err)
+
+    def leave_on_worker(self, mlflow) -> None:
+        """Rank 0 is done; the run stays open for the pool and the driver."""
 
     def log_validation(self, step: int, metrics: dict[str, Any]) -> None:
         """A closed ledger row, at the step of the checkpoint it measured."""
@@ -150,6 +126,15 @@ class TrackingRun:
         except Exception as err:  # tracking must never stop training or validation
             log.warning("tracking: could not log step %d to %s: %s", step, self.uri, err)
 
+    def close_here(self) -> None:
+        """The pool is closing: nothing held in its process (each log is one database write)."""
+
+    def describe(self) -> str:
+        return f"MLflow run {self.run_id} in {self.uri}"
+
+    def model_dir(self) -> None:
+        """None: the model is exported to a temporary folder, as MLflow copies it."""
+
     def log_model(self, folder: str | Path) -> None:
         """The exported model's files under the run's ``model/`` artifacts."""
         try:
@@ -164,24 +149,21 @@ class TrackingRun:
             log.warning("tracking: could not close run %s: %s", self.run_id, err)
 
 
-def start(cfg: RaydrConfig) -> TrackingRun | None:
-    """Open (or, for a resumed run, reopen) the job's MLflow run and log its params. None
-    without ``tracking``. The run id is kept in the run folder so that a rerun, which resumes
+def start(cfg: RaydrConfig) -> MlflowRun:
+    """Open (or, for a resumed run, reopen) the job's MLflow run and log its params. The run id is kept in the run folder so that a rerun, which resumes
     training, resumes the same MLflow run."""
-    if cfg.tracking.backend == "none":
-        return None
     from raydr.atomic import write_json
 
     exp, uri = experiment(cfg), store_uri(cfg)
     record = Path(cfg.paths.run_dir) / "tracking.json"
-    run_id = _previous(record, uri)
-    client = TrackingRun(uri, exp, "").client()
+    run_id = recorded_run(record, backend="mlflow", uri=uri)
+    client = MlflowRun(uri, exp, "").client()
     if run_id is None:
         run_id = client.create_run(exp, run_name=cfg.name).info.run_id
         write_json(record, {"backend": "mlflow", "uri": uri, "run_id": run_id})
     else:
         client.update_run(run_id, status="RUNNING")
-    run = TrackingRun(uri, exp, run_id)
+    run = MlflowRun(uri, exp, run_id)
     params = flat(cfg.model_dump(mode="json"))
     from mlflow.entities import Param
 
@@ -195,20 +177,8 @@ def start(cfg: RaydrConfig) -> TrackingRun | None:
     return run
 
 
-def _previous(record: Path, uri: str) -> str | None:
-    import json
-
-    try:
-        held = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return None
-    return held.get("run_id") if held.get("uri") == uri else None
-
-
 def tune_callback(cfg: RaydrConfig):
     """Ray Tune's ``MLflowLoggerCallback`` for a search: one MLflow run per trial."""
-    if cfg.tracking.backend == "none":
-        return None
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class _Named(MLflowLoggerCallback):
