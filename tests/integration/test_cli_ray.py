@@ -130,6 +130,21 @@ def test_the_mlflow_run_holds_params_reports_the_ledgers_validations_and_the_mod
     files = {Path(f.path).name for f in client.list_artifacts(run.run_id, "model")}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     assert not any("optimizer" in f for f in files), files
+    _bench_reads_back(trained["job"], trained["tmp"], "mlflow")
+
+
+def _bench_reads_back(job: Path, tmp: Path, backend: str) -> None:
+    """`raydr bench tracking` finds the run as a user would and agrees with the ledger."""
+    from raydr.cli import main
+
+    out = tmp / f"readback-{backend}.json"
+    assert (
+        main(["bench", "tracking", str(job), f"tracking.backend={backend}", "--out", str(out)]) == 0
+    )
+    got = json.loads(out.read_text())
+    assert (got["steps_equal"], got["steps_in_ledger"], got["max_abs_diff"]) == (2, 2, 0.0), got
+    assert got["report_steps"] == [2, 4] and got["params_missing"] == [], got
+    assert any(f.endswith("model.safetensors") for f in got["model_files"]), got
 
 
 def test_an_offline_wandb_group_holds_params_reports_the_ledgers_validations_and_the_model(
@@ -163,6 +178,7 @@ def test_an_offline_wandb_group_holds_params_reports_the_ledgers_validations_and
     assert model["type"] == "model"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(model["files"])
     assert not any("optimizer" in f for f in model["files"]), model["files"]
+    _bench_reads_back(job, tmp_path, "wandb")
 
 
 def test_validate_given_checkpoints_and_watch_mode_agree_with_the_ledger(
