@@ -87,13 +87,15 @@ def import_training(
         db = _scratch(tmp / "import.sqlite")
         try:
             corpus_docs = _ingest_corpus(db, Path(corpus)) if corpus is not None else 0
-            seen = 0
+            seen, batch = 0, _Batch()
             for seen, record in enumerate(
                 tqdm(records, desc="records", unit=" rec", disable=not progress), 1
             ):
-                _ingest(db, record, seen)
+                batch.add(record, seen)
                 if seen % _COMMIT_EVERY == 0:
+                    batch.flush(db)
                     db.commit()
+            batch.flush(db)
             db.commit()
             if not seen:
                 raise RaydrError(f"{src}: no training records")
@@ -130,17 +132,37 @@ def _doc_row(p: Passage, at: str) -> tuple:
     return (p.doc_id, _digest(p.title, p.text), p.title, p.text, at)
 
 
-def _ingest(db: sqlite3.Connection, r: Record, seq: int) -> None:
-    db.execute(_QUERY, (r.query_id, _digest(r.query), r.query, r.where))
-    db.executemany(_DOC, [_doc_row(p, r.where) for p in (*r.positives, *r.negatives)])
-    db.executemany(
-        "INSERT OR IGNORE INTO qrels VALUES (?, ?)", [(r.query_id, p.doc_id) for p in r.positives]
-    )
-    # seq orders a query's negatives as given, across the records that name it.
-    db.executemany(
-        "INSERT OR IGNORE INTO negs VALUES (?, ?, ?)",
-        [(r.query_id, p.doc_id, seq * 4096 + i) for i, p in enumerate(r.negatives)],
-    )
+class _Batch:
+    """Rows of up to ``_COMMIT_EVERY`` records, inserted table by table in key order.
+
+    Sorted, a batch's inserts walk each B-tree once from left to right instead of jumping
+    around it, which matters once a table outgrows SQLite's page cache (1.17x faster at 10^6
+    records, bench/RESULTS.md). The sort is stable, so rows of one id keep their records' order,
+    and the first sighting of an id is still the one a clash is reported against."""
+
+    def __init__(self) -> None:
+        self.queries: list[tuple] = []
+        self.docs: list[tuple] = []
+        self.qrels: list[tuple] = []
+        self.negs: list[tuple] = []
+
+    def add(self, r: Record, seq: int) -> None:
+        self.queries.append((r.query_id, _digest(r.query), r.query, r.where))
+        self.docs.extend(_doc_row(p, r.where) for p in (*r.positives, *r.negatives))
+        self.qrels.extend((r.query_id, p.doc_id) for p in r.positives)
+        # seq orders a query's negatives as given, across the records that name it.
+        self.negs.extend((r.query_id, p.doc_id, seq * 4096 + i) for i, p in enumerate(r.negatives))
+
+    def flush(self, db: sqlite3.Connection) -> None:
+        for sql, rows, key_width in (
+            (_QUERY, self.queries, 1),
+            (_DOC, self.docs, 1),
+            ("INSERT OR IGNORE INTO qrels VALUES (?, ?)", self.qrels, 2),
+            ("INSERT OR IGNORE INTO negs VALUES (?, ?, ?)", self.negs, 2),
+        ):
+            rows.sort(key=lambda row, n=key_width: row[:n])  # the table's primary key
+            db.executemany(sql, rows)
+            rows.clear()
 
 
 def _ingest_corpus(db: sqlite3.Connection, path: Path) -> int:
