@@ -133,6 +133,28 @@ def test_the_mlflow_run_holds_params_reports_the_ledgers_validations_and_the_mod
     _bench_reads_back(trained["job"], trained["tmp"], "mlflow")
 
 
+def test_inline_validation_logs_its_rows_to_the_wandb_group_when_training_ends(
+    tmp_path: Path, tiny_dataset: Path, tiny_model_dir: Path, negatives: Path
+) -> None:
+    """Inline, rank 0 writes the ledger and the driver logs its rows once training ends, from
+    the process that also holds the group's driver run: both runs stay open side by side."""
+    from raydr.testing import wandb_records as wr
+    from raydr.validation.ledger import Ledger
+
+    job = _job(tmp_path, tiny_dataset, tiny_model_dir, negatives)
+    overrides = ["tracking.backend=wandb", "validation.mode=inline"]
+    done = _raydr("train", str(job), "-q", "--no-eval", *overrides, cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    run_dir = tmp_path / "runs" / "cli-job"
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    ledger = {r["step"]: r["metrics"]["nDCG@10"] for r in Ledger.find(run_dir).results()}
+    rows = wr.history(wr.run_file(run_dir, f"{run_id}-validation"))
+    assert {r["checkpoint_step"]: r["validation/nDCG@10"] for r in rows} == ledger
+    assert sorted(ledger) == [2, 4]
+    (model,) = wr.artifacts(wr.run_file(run_dir, run_id))
+    assert "model.safetensors" in model["files"]
+
+
 def _bench_reads_back(job: Path, tmp: Path, backend: str) -> None:
     """`raydr bench tracking` finds the run as a user would and agrees with the ledger."""
     from raydr.cli import main
