@@ -86,10 +86,9 @@ class WandbRun:
     run_id: str  # the driver's; rank 0's and the pool's add -train and -validation
     config: dict[str, Any] = field(repr=False)  # the job's, as JSON
 
-    def _init(self, part: str = "", **extra):
+    def _init(self, part: str = ""):
         """``wandb.init`` for one part of the group, resuming it where a rerun reopens it."""
-        wandb = _wandb()
-        return wandb.init(**self._kwargs(part), **extra)
+        return _wandb().init(**self._kwargs(part))
 
     def _kwargs(self, part: str) -> dict[str, Any]:
         suffix = f"-{part}" if part else ""
