@@ -84,11 +84,6 @@ def validation_dir(cfg: RaydrConfig) -> Path:
     return cfg.paths.run_dir / "validation"
 
 
-def ledger_path(cfg: RaydrConfig) -> Path:
-    """Where ``cfg``'s run keeps its ledger; nothing is created."""
-    return validation_dir(cfg) / _FILE
-
-
 def report_metrics(row: Row, metrics: Iterable[str], step: int) -> dict[str, Any]:
     """The one projection of a done row into a training report at ``step``: the metric values,
     the step they were measured on (``validated_step``, the scheduler's time attribute) and how
@@ -114,7 +109,7 @@ class Ledger:
     @classmethod
     def for_run(cls, cfg: RaydrConfig) -> Ledger:
         """The ledger of ``cfg``'s run (``<output_dir>/<name>/validation/``)."""
-        return cls(ledger_path(cfg))
+        return cls(validation_dir(cfg) / _FILE)
 
     @classmethod
     def find(cls, run: str | Path) -> Ledger:

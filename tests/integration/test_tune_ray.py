@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -232,10 +231,6 @@ def test_rerun_after_the_driver_is_killed_resumes_the_search(
     for lr, rows in before.items():
         assert _results(_trial_dir(exp, lr)) == rows, f"trial lr={lr} was run again"
     assert trials[1e-9]["stopped_early"] is True and trials[3e-3]["stopped_early"] is False
-    # ASHA came back with its rungs: both finished trials replayed from the ledger, up to the
-    # last validated step each had reported (the frozen one's grace-step metric included).
-    replayed = re.findall(r"ASHA: (\d+) rung metric\(s\) of trial (\S+) replayed", done.stderr)
-    assert len(replayed) >= 2 and all(int(n) >= 1 for n, _ in replayed), done.stderr[-3000:]
     # The same search resumed, not a new one in the same folder: the same trial ids and
     # folders (a fresh search would have made three new trials beside the old ones).
     ids_before = {r["trial_id"] for rows in before.values() for r in rows}

@@ -140,12 +140,11 @@ def test_build_scheduler_hands_asha_every_configured_field(
     default, so each assertion fails when its keyword goes missing."""
     from ray.tune.schedulers import ASHAScheduler
 
-    from raydr.tuning.scheduler import LedgerASHA, ReleasingASHA, build_scheduler
+    from raydr.tuning.scheduler import ReleasingASHA, build_scheduler
 
     cfg = _search_cfg(tmp_path, rung_wait, grace_period=5, reduction_factor=3, max_t=max_t)
     asha = build_scheduler(cfg, "nDCG@10", total_steps=50, pool="pool-t")
-    assert isinstance(asha, ASHAScheduler)
-    assert type(asha) is (ReleasingASHA if rung_wait == "until_validated" else LedgerASHA)
+    assert type(asha) is (ReleasingASHA if rung_wait == "until_validated" else ASHAScheduler)
     assert asha._reduction_factor == 3 and asha._max_t == (max_t or 50)
     assert (asha._time_attr, asha._metric, asha._mode) == ("validated_step", "nDCG@10", "min")
     # The rungs are where grace_period and reduction_factor act: grace · rf^k below max_t.
@@ -153,53 +152,6 @@ def test_build_scheduler_hands_asha_every_configured_field(
     assert asha._brackets[0].rf == 3  # the cutoff quantile: the best 1/rf go on
     if rung_wait == "until_validated":
         assert asha._pool_name == "pool-t"
-
-
-def test_a_resumed_asha_gets_its_rungs_back_from_the_ledger(tmp_path: Path) -> None:
-    """Tune restores the scheduler pickled when the search began (empty rungs) and adds each
-    restored trial to it. Each is replayed from the ledger up to the last validated step it
-    reported, so a trial run after the resume is judged against the rungs as they were."""
-    import pickle
-
-    from ray.tune.schedulers import TrialScheduler
-
-    from raydr.tuning.scheduler import build_scheduler
-    from raydr.validation.ledger import Ledger, done_row
-
-    cfg = config.build(
-        {
-            "name": "resumed",
-            "output_dir": str(tmp_path / "runs"),
-            "data": {"path": str(tmp_path)},
-            "tune": {"scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2}},
-        },
-        "t",
-    )
-
-    def fresh():  # what Tune.restore hands back: the scheduler as pickled at the start
-        return pickle.loads(pickle.dumps(build_scheduler(cfg, "nDCG@10", 20, "pool")))
-
-    def trial(trial_id: str, reported: int | None):
-        last = {"validated_step": reported} if reported is not None else {}
-        return SimpleNamespace(trial_id=trial_id, last_result=last)
-
-    before = fresh()
-    ledger = Ledger.for_run(cfg.with_absolute_paths())
-    for step, good, bad in ((4, 0.6, 0.2), (8, 0.7, 0.2), (12, 0.75, 0.2)):
-        ledger.append(done_row("good", step, f"/c/g{step}", {"nDCG@10": good}))
-        ledger.append(done_row("bad", step, f"/c/b{step}", {"nDCG@10": bad}))
-    resumed = fresh()
-    # "bad" reported step 4 only before the kill: its step-8 metric is not Tune's yet.
-    resumed.on_trial_add(None, trial("good", 12))
-    resumed.on_trial_add(None, trial("bad", 4))
-    rungs = {m: dict(r) for m, r in resumed._brackets[0]._rungs}
-    assert rungs == {16: {}, 8: {"good": 0.7}, 4: {"good": 0.6, "bad": 0.2}}, rungs
-    # A trial after the resume, at rung 4, below the median of what the rung held: stopped.
-    # The scheduler as pickled, without the replay, had nothing to compare it with.
-    late, result = trial("late", None), {"validated_step": 4, "nDCG@10": 0.3}
-    for scheduler, expected in ((resumed, TrialScheduler.STOP), (before, TrialScheduler.CONTINUE)):
-        scheduler.on_trial_add(None, late)
-        assert scheduler.on_trial_result(None, late, result) == expected
 
 
 def test_build_scheduler_median_and_none(tmp_path: Path) -> None:
